@@ -1,0 +1,14 @@
+"""diffcore: a diffusion-model engine built for speed.
+
+The reference engine (plain PyTorch, float64-capable) defines every result:
+processes (NCSN, DDPM, VE/VP/sub-VP SDEs), losses, samplers and closed-form models.
+"""
+from . import losses, noise, parameterization, schedules
+from .closed_form import GaussianMixture
+from .discrete import DDPM, NCSN
+from .sampling import sample
+from .sde import SDE, SubVPSDE, VESDE, VPSDE
+
+__version__ = "0.1.0"
+__all__ = ["NCSN", "DDPM", "SDE", "VESDE", "VPSDE", "SubVPSDE", "GaussianMixture", "sample",
+           "schedules", "losses", "noise", "parameterization"]

@@ -1,0 +1,80 @@
+"""`diffcore.sample`: one entry point for every sampler of the reference engine.
+
+Samples are produced in chunks of `batch_size`; sample i's noise comes from the counter
+generator keyed by (seed, i, step), so the result does not depend on the chunking.
+"""
+from __future__ import annotations
+
+import torch
+
+from .discrete import DDPM, NCSN
+from .noise import NoiseSource
+from .samplers import ancestral, ddim, langevin, ode, pc
+from .samplers.common import check_options
+from .sde import SDE
+from .validation import check_choice, check_finite, check_int
+
+# method -> (runner, accepted options)
+METHODS = {
+    "langevin": (langevin.run_langevin, langevin.LANGEVIN_OPTIONS),
+    "annealed_langevin": (langevin.run_annealed, langevin.ANNEALED_OPTIONS),
+    "ancestral": (ancestral.run, ancestral.OPTIONS),
+    "ddim": (ddim.run, ddim.OPTIONS),
+    "pc": (pc.run, pc.OPTIONS),
+    "ode": (ode.run, ode.OPTIONS),
+}
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def sample(model, process, n: int, shape, method: str, steps: int | None = None, seed: int = 0,
+           batch_size: int | None = None, x_init: torch.Tensor | None = None, device=None,
+           dtype: torch.dtype = torch.float32, return_info: bool = False, **options):
+    """Draw n samples of per-sample `shape` from `model` under `process` with `method`.
+
+    model: any callable model(x, t) -> tensor, t of shape [B] (see the process's docstring
+    for what t holds and what the model returns). steps: sampler steps (per noise level for
+    annealed_langevin; None picks the method's default). x_init: optional start [n, *shape].
+    Returns the samples [n, *shape], or (samples, info) with return_info (info["nfe"]: the
+    number of model calls per chunk; rk45 adds "nfe_per_sample").
+    """
+    if not callable(model):
+        raise ValueError(f"model must be callable as model(x, t); got {type(model).__name__}")
+    if not isinstance(process, (NCSN, DDPM, SDE)):
+        raise ValueError(f"process must be an NCSN, DDPM, VESDE, VPSDE or SubVPSDE; got {type(process).__name__}")
+    check_choice("method", method, METHODS)
+    n = check_int("n", n, lo=1)
+    if isinstance(shape, int):
+        shape = (shape,)
+    shape = tuple(shape)
+    if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape):
+        raise ValueError(f"shape must be a tuple of positive ints (one sample's shape); got {shape!r}")
+    if steps is not None:
+        check_int("steps", steps, lo=1)
+    check_int("seed", seed, lo=0, hi=2**64 - 1)
+    batch_size = n if batch_size is None else check_int("batch_size", batch_size, lo=1)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {[str(d) for d in DTYPES]}; got {dtype}")
+    if x_init is not None:
+        check_finite("x_init", x_init)
+        if tuple(x_init.shape) != (n, *shape):
+            raise ValueError(f"x_init must have shape [n, *shape] = {(n, *shape)}; got {tuple(x_init.shape)}")
+    run, accepted = METHODS[method]
+    check_options(method, options, accepted)
+    device = torch.device(device) if device is not None else (x_init.device if x_init is not None else torch.device("cpu"))
+
+    chunks, infos = [], []
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            noise = NoiseSource(seed, torch.arange(start, stop, device=device), shape, dtype=dtype)
+            x0 = None if x_init is None else x_init[start:stop].to(device)
+            x, info = run(model, process, noise, steps, x0, **options)
+            chunks.append(x)
+            infos.append(info)
+    x = torch.cat(chunks)
+    if not return_info:
+        return x
+    info = {"nfe": infos[0]["nfe"] if len(infos) == 1 else [i["nfe"] for i in infos]}
+    if "nfe_per_sample" in infos[0]:
+        info["nfe_per_sample"] = torch.cat([i["nfe_per_sample"] for i in infos])
+    return x, info

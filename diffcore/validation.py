@@ -1,0 +1,69 @@
+"""Input checks shared by every public entry point. Each error names the argument and
+what is accepted, so a user can fix the call from the message alone."""
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+
+def check_int(name: str, value, lo: int | None = None, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer; got {value!r}")
+    value = int(value)
+    if lo is not None and value < lo:
+        raise ValueError(f"{name} must be >= {lo}; got {value}")
+    if hi is not None and value > hi:
+        raise ValueError(f"{name} must be <= {hi}; got {value}")
+    return value
+
+
+def check_positive(name: str, value, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number; got {value!r}")
+    value = float(value)
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or value != value or value == float("inf"):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}; got {value}")
+    return value
+
+
+def check_choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}; got {value!r}")
+    return value
+
+
+def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    if not x.dtype.is_floating_point:
+        raise ValueError(f"{name} must be a floating-point tensor; got dtype {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or Inf; every entry must be finite")
+    return x
+
+
+def check_batch_time(name: str, t, batch: int, lo: float, hi: float, like: torch.Tensor) -> torch.Tensor:
+    """t as a tensor of shape [batch] within [lo, hi]; a Python scalar is broadcast."""
+    t = torch.as_tensor(t, device=like.device)
+    if t.dtype == torch.bool or t.dtype.is_complex:
+        raise ValueError(f"{name} must be a real tensor; got dtype {t.dtype}")
+    if t.dim() == 0:
+        t = t.expand(batch)
+    if t.shape != (batch,):
+        raise ValueError(f"{name} must have shape [B] = [{batch}] (one time per sample); got {tuple(t.shape)}")
+    if not torch.isfinite(t.double()).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    t_min, t_max = t.double().min().item(), t.double().max().item()
+    if t_min < lo or t_max > hi:
+        raise ValueError(f"{name} must lie in [{lo}, {hi}]; got values in [{t_min}, {t_max}]")
+    return t
+
+
+def check_sample_shape(name: str, x: torch.Tensor, batch_dims: int = 1) -> torch.Tensor:
+    if x.dim() < batch_dims + 1:
+        raise ValueError(f"{name} must have shape [B, ...] with at least one data dimension; "
+                         f"got {tuple(x.shape)}")
+    return x
