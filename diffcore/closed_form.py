@@ -106,7 +106,7 @@ class GaussianMixture:
         logw, scaled = self._noised(x, m, s)
         r = torch.softmax(logw, dim=0)                                   # [K, B]
         score = -(r[:, None, :] * scaled).sum(0)                         # [D, B]
-        return score.T.reshape(x.shape).to(x.dtype)
+        return score.T.reshape(x.shape).to(x.dtype).contiguous()
 
     def assign(self, x: torch.Tensor) -> torch.Tensor:
         """Most probable component of each clean sample [B]."""

@@ -65,7 +65,7 @@ def score_matching_loss(score_fn, x: torch.Tensor, method: str = "exact", projec
             g, = torch.autograd.grad((sf * v).sum(), xf, create_graph=True)
             trace = trace + (g.flatten(1) * v).sum(1)
         trace = trace / projections
-    return trace + 0.5 * sf.pow(2).sum(1)
+    return trace + 1.0 * sf.pow(2).sum(1)
 
 
 # ---- NCSN ---------------------------------------------------------------------------------

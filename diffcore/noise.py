@@ -92,7 +92,7 @@ def uniform(seed: int, sample_idx: torch.Tensor, step: int, shape, stream: int =
     shape = tuple(shape)
     numel = math.prod(shape)
     w = _words(seed, sample_idx, step, stream, numel).reshape(len(sample_idx), -1)[:, :numel]
-    return uint32_to_uniform(w).to(dtype).reshape(len(sample_idx), *shape)
+    return uint32_to_uniform(w).to(dtype).reshape(len(sample_idx), *shape).contiguous()
 
 
 def normal(seed: int, sample_idx: torch.Tensor, step: int, shape, stream: int = STREAM_STEP,
@@ -111,7 +111,8 @@ def normal(seed: int, sample_idx: torch.Tensor, step: int, shape, stream: int = 
     theta = (2.0 * math.pi) * u2
     z = torch.stack((r * torch.cos(theta), r * torch.sin(theta)), dim=-1)  # [B, G, 2, 2]
     z = z.reshape(len(sample_idx), -1)[:, :numel]
-    return z.to(dtype).reshape(len(sample_idx), *shape)
+    # contiguous: a strided view would send later ops down other kernels (other rounding)
+    return z.to(dtype).reshape(len(sample_idx), *shape).contiguous()
 
 
 class NoiseSource:

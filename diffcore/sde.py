@@ -168,10 +168,20 @@ class VPSDE(SDE):
         self.beta_1 = check_positive("beta_max", beta_max)
         if self.beta_0 > self.beta_1:
             raise ValueError(f"need beta_min <= beta_max; got {beta_min}, {beta_max}")
-        if self.beta_1 / N >= 1:
-            raise ValueError(f"beta_max / N must be < 1 for the discrete chain; got {beta_max}/{N}")
-        self.discrete_betas = torch.linspace(self.beta_0 / N, self.beta_1 / N, N, dtype=torch.float64)
-        self.alphas = 1.0 - self.discrete_betas
+        # The discrete chain (beta_i = beta(t_i) / N) exists only for N > beta_max; Euler-Maruyama
+        # and the ODE do not need it, so a short N is refused only where the chain is used.
+        self._discrete_betas = torch.linspace(self.beta_0 / N, self.beta_1 / N, N, dtype=torch.float64)
+
+    @property
+    def discrete_betas(self) -> torch.Tensor:
+        if self.beta_1 / self.N >= 1:
+            raise ValueError(f"the discrete DDPM chain of {self!r} needs N > beta_max (beta_max / N < 1); "
+                             f"use more steps, or predictor='euler_maruyama' with corrector='ald' or 'none'")
+        return self._discrete_betas
+
+    @property
+    def alphas(self) -> torch.Tensor:
+        return 1.0 - self.discrete_betas
 
     def __repr__(self):
         return f"{type(self).__name__}(beta_min={self.beta_0}, beta_max={self.beta_1}, N={self.N})"

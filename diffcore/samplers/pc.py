@@ -64,8 +64,10 @@ def _corrector_alpha(sde: SDE, t, x):
 def langevin_corrector_step(sde: SDE, x, t, score, noise, snr: float, norm: str = "per_sample"):
     """step = 2 alpha (snr * |z| / |score|)^2; norms per sample, or batch means as score_sde."""
     alpha = _corrector_alpha(sde, t, x)
-    grad_norm = torch.linalg.vector_norm(score.flatten(1), dim=1)
-    noise_norm = torch.linalg.vector_norm(noise.flatten(1), dim=1)
+    # contiguous rows: a strided input takes another reduction kernel, whose rounding would
+    # make a sample's result depend on the batch it was computed in
+    grad_norm = torch.linalg.vector_norm(score.contiguous().flatten(1), dim=1)
+    noise_norm = torch.linalg.vector_norm(noise.contiguous().flatten(1), dim=1)
     if norm == "batch":
         grad_norm, noise_norm = grad_norm.mean().expand_as(grad_norm), noise_norm.mean().expand_as(noise_norm)
     step = P.bcast((snr * noise_norm / grad_norm) ** 2 * 2, x) * alpha
