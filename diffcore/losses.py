@@ -65,7 +65,7 @@ def score_matching_loss(score_fn, x: torch.Tensor, method: str = "exact", projec
             g, = torch.autograd.grad((sf * v).sum(), xf, create_graph=True)
             trace = trace + (g.flatten(1) * v).sum(1)
         trace = trace / projections
-    return trace + 1.0 * sf.pow(2).sum(1)
+    return trace + 0.5 * sf.pow(2).sum(1)
 
 
 # ---- NCSN ---------------------------------------------------------------------------------
@@ -128,6 +128,8 @@ def discretized_gaussian_log_likelihood(x, means, log_scales) -> torch.Tensor:
 def ddpm_vlb_terms(model_output, ddpm: DDPM, x0, xt, t, clip_denoised: bool = False) -> torch.Tensor:
     """The VLB term at t in bits per dimension [B]: KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t))
     for t > 0, the discretized decoder's -log p(x_0 | x_1) at t = 0 (data in [-1, 1])."""
+    check_finite("x0", x0)
+    check_finite("xt", xt)
     t = ddpm.check_t(t, x0.shape[0], x0)
     true_mean, _, true_logvar = ddpm.q_posterior(x0, xt, t)
     out = ddpm.p_mean_variance(model_output, xt, t, clip_denoised)
@@ -138,6 +140,7 @@ def ddpm_vlb_terms(model_output, ddpm: DDPM, x0, xt, t, clip_denoised: bool = Fa
 
 def ddpm_prior_bpd(ddpm: DDPM, x0) -> torch.Tensor:
     """KL(q(x_T | x_0) || N(0, I)) in bits per dimension [B]."""
+    check_finite("x0", x0)
     t = torch.full((x0.shape[0],), ddpm.T - 1, dtype=torch.int64, device=x0.device)
     mean = gather(ddpm.sqrt_alphas_cumprod, t, x0) * x0
     logvar = torch.log(gather(1.0 - ddpm.alphas_cumprod, t, x0)).expand_as(x0)
@@ -180,7 +183,7 @@ def sde_score_loss(model, sde: SDE, x0, t=None, noise=None, generator=None, weig
     B = x0.shape[0]
     if t is None:
         t = torch.rand(B, generator=generator, dtype=torch.float64, device=x0.device) * (sde.T - eps) + eps
-    t = sde.check_t(t, x0, lo=0.0).to(x0.dtype)
+    t = sde.check_t(t, x0, lo=eps).to(x0.dtype)  # t = 0 would divide by std(0) = 0 (VP)
     z = _randn_like(x0, noise, generator)
     m, std = sde.marginal_coeffs(t)
     xt = P.bcast(m, x0) * x0 + P.bcast(std, x0) * z

@@ -457,20 +457,25 @@ def test_ddpm_hybrid_loss_requires_learned_range(variance):
         losses.ddpm_hybrid_loss(lambda x, tt: torch.zeros_like(x), ddpm, x0, t=t, noise=z)
 
 
+@pytest.mark.parametrize("respaced", [False, True], ids=["full", "respaced"])
 @pytest.mark.parametrize("lambda_vlb", [None, 0.05])
-def test_ddpm_hybrid_loss_value(lambda_vlb):
-    """L_hybrid = L_simple + lambda T L_t (lambda = 0.001 by default), through the public pieces."""
-    T = 200
-    ddpm = diffcore.DDPM(schedules.linear_betas(T, 1e-3, 0.05), variance="learned_range")
+def test_ddpm_hybrid_loss_value(lambda_vlb, respaced):
+    """L_hybrid = L_simple + lambda T L_t (lambda = 0.001 by default, T the chain's own length),
+    through the public pieces; the model always sees the trained chain's timestep."""
+    base = diffcore.DDPM(schedules.linear_betas(200, 1e-3, 0.05), variance="learned_range")
+    ddpm = base.respace(torch.arange(0, 200, 8)) if respaced else base
+    T = ddpm.T
+    tmap = torch.arange(0, 200, 8) if respaced else torch.arange(200)
     model = TinyHybridModel(2, seed=16)
     x0, z, t = _hybrid_inputs(T, 17)
     kw = {} if lambda_vlb is None else {"lambda_vlb": lambda_vlb}
     with torch.no_grad():
         got = losses.ddpm_hybrid_loss(model, ddpm, x0, t=t, noise=z, **kw)
+        torch.testing.assert_close(model.seen_t[-1], tmap[t], rtol=0, atol=0)
         simple = losses.ddpm_simple_loss(model, ddpm, x0, t=t, noise=z)
-        a = _abar(ddpm.betas)[t].reshape(-1, 1, 1)
+        a = _abar(base.betas)[tmap[t]].reshape(-1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * z
-        vb = losses.ddpm_vlb_terms(model(xt, t), ddpm, x0, xt, t)
+        vb = losses.ddpm_vlb_terms(model(xt, tmap[t]), ddpm, x0, xt, t)
     lam = 0.001 if lambda_vlb is None else lambda_vlb
     assert (vb > 0).all()
     torch.testing.assert_close(got, simple + lam * T * vb, rtol=1e-12, atol=0)
@@ -607,6 +612,9 @@ def _bad_cases():
         ("noise", lambda: losses.ddpm_simple_loss(eps_model, ddpm, x, noise=torch.zeros(4, 4, dtype=F64))),
         ("x0", lambda: losses.ddpm_simple_loss(eps_model, ddpm, nan_x)),
         ("t", lambda: losses.ddpm_vlb_terms(x, ddpm, x, x, torch.tensor([0, 1, 2, 100]))),
+        ("x0", lambda: losses.ddpm_vlb_terms(x, ddpm, nan_x, x, torch.tensor([0, 1, 2, 3]))),
+        ("xt", lambda: losses.ddpm_vlb_terms(x, ddpm, x, nan_x, torch.tensor([0, 1, 2, 3]))),
+        ("x0", lambda: losses.ddpm_prior_bpd(ddpm, nan_x)),
         ("noise", lambda: losses.ddpm_hybrid_loss(
             lambda y, t: torch.cat([y, y], 1), diffcore.DDPM(schedules.linear_betas(100), variance="learned_range"),
             x, noise=torch.zeros(3, 3, dtype=F64))),
