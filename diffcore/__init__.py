@@ -3,7 +3,7 @@
 The reference engine (plain PyTorch, float64-capable) defines every result:
 processes (NCSN, DDPM, VE/VP/sub-VP SDEs), losses, samplers and closed-form models.
 """
-from . import losses, noise, parameterization, schedules
+from . import controllable, losses, noise, parameterization, schedules
 from .closed_form import GaussianMixture
 from .discrete import DDPM, NCSN
 from .sampling import sample
@@ -11,4 +11,4 @@ from .sde import SDE, SubVPSDE, VESDE, VPSDE
 
 __version__ = "0.1.0"
 __all__ = ["NCSN", "DDPM", "SDE", "VESDE", "VPSDE", "SubVPSDE", "GaussianMixture", "sample",
-           "schedules", "losses", "noise", "parameterization"]
+           "schedules", "losses", "noise", "parameterization", "controllable"]

@@ -120,17 +120,7 @@ class GaussianMixture:
         For a learned_range DDPM, the variance half of the output is the constant v in
         [-1, 1] (-1 = beta~_t, the posterior variance; +1 = beta_t).
         """
-        if isinstance(process, NCSN):
-            def coeffs(t):
-                return process.marginal_coeffs(t)
-        elif isinstance(process, DDPM):
-            def coeffs(t):
-                return process.marginal_coeffs(t.long())
-        elif isinstance(process, SDE):
-            def coeffs(t):
-                return process.marginal_coeffs(t.to(torch.float64))
-        else:
-            raise ValueError(f"process must be an NCSN, DDPM or SDE; got {type(process).__name__}")
+        coeffs = _marginal_coeffs_fn(process)
         if not -1.0 <= v <= 1.0:
             raise ValueError(f"v must lie in [-1, 1]; got {v}")
         gm = self
@@ -150,3 +140,67 @@ class GaussianMixture:
 
         exact_model.process = process
         return exact_model
+
+    def classifier(self, process, k: int):
+        """`log_prob(x, t)` = log p(component k | x_t) under `process`, exact and
+        differentiable in x: the noise-conditional classifier for guided sampling."""
+        coeffs = _marginal_coeffs_fn(process)
+        k = check_int("k", k, lo=0, hi=self.K - 1)
+        gm = self
+
+        def log_prob(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            t = torch.as_tensor(t, device=x.device)
+            m, s = coeffs(t.expand(x.shape[0]) if t.dim() == 0 else t)
+            logw, _ = gm._noised(x, m, s)
+            return logw[k] - torch.logsumexp(logw, dim=0)
+
+        return log_prob
+
+    def observation_log_likelihood(self, process, A, y):
+        """`log_prob(x, t)` = log p(y | x_t) for a linear observation y = A x0 of the clean
+        data (A [M, D], y [M]), exact: given component k, x0 | x_t is Gaussian, so y | x_t
+        is a K-component Gaussian mixture. Guiding an unconditional score with it samples
+        p(x | y) exactly, where replacing the known part (the score_sde imputation) does not."""
+        coeffs = _marginal_coeffs_fn(process)
+        A = torch.as_tensor(A, dtype=torch.float64)
+        y = torch.as_tensor(y, dtype=torch.float64)
+        if A.dim() != 2 or A.shape[1] != self.D:
+            raise ValueError(f"A must have shape [M, D] with D = {self.D}; got {tuple(A.shape)}")
+        if y.shape != (A.shape[0],):
+            raise ValueError(f"y must have shape [M] = [{A.shape[0]}]; got {tuple(y.shape)}")
+        gm = self
+
+        def log_prob(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            t = torch.as_tensor(t, device=x.device)
+            m, s = coeffs(t.expand(x.shape[0]) if t.dim() == 0 else t)
+            m = torch.as_tensor(m, dtype=torch.float64).reshape(-1, 1, 1)
+            s = torch.as_tensor(s, dtype=torch.float64).reshape(-1, 1, 1)
+            logw, _ = gm._noised(x, m.flatten(), s.flatten())             # [K, B]
+            log_r = (logw - torch.logsumexp(logw, 0)).T                    # [B, K]
+            xf = gm._flat(x).to(torch.float64)[:, None, :]                 # [B, 1, D]
+            v, mu = gm.vars.to(x.device), gm.means.to(x.device)            # [K, D]
+            denom = s * s + m * m * v                                      # [B, K, D]
+            post_mean = (s * s * mu + m * v * xf) / denom
+            post_var = v * s * s / denom
+            Ad = A.to(x.device)
+            mean_y = post_mean @ Ad.T                                      # [B, K, M]
+            cov_y = (Ad * post_var[..., None, :]) @ Ad.T                   # [B, K, M, M]
+            cov_y = cov_y + 1e-12 * torch.eye(A.shape[0], dtype=torch.float64, device=x.device)
+            L = torch.linalg.cholesky(cov_y)
+            r = torch.linalg.solve_triangular(L, (y.to(x.device) - mean_y)[..., None], upper=False)[..., 0]
+            log_n = (-0.5 * r.pow(2).sum(-1) - torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+                     - 0.5 * A.shape[0] * math.log(2 * math.pi))
+            return torch.logsumexp(log_r + log_n, dim=1)
+
+        return log_prob
+
+
+def _marginal_coeffs_fn(process):
+    """t -> (m, s) of x_t = m x0 + s z for the time convention of `process`."""
+    if isinstance(process, NCSN):
+        return process.marginal_coeffs
+    if isinstance(process, DDPM):
+        return lambda t: process.marginal_coeffs(t.long())
+    if isinstance(process, SDE):
+        return lambda t: process.marginal_coeffs(t.to(torch.float64))
+    raise ValueError(f"process must be an NCSN, DDPM or SDE; got {type(process).__name__}")

@@ -11,6 +11,7 @@ import torch
 from ..sde import SDE
 from ..validation import check_choice, check_int, check_positive
 from .common import call_model, initial_state, require
+from ..controllable import check_observation, observation_noise
 from .pc import reverse_diffusion_step
 
 SOLVERS = ("euler", "heun", "rk45")
@@ -45,10 +46,11 @@ def heun_step(f, x, t, h):
 
 
 def rk45(f, x: torch.Tensor, t0: float, t1: float, rtol: float = 1e-5, atol: float = 1e-5,
-         h0: float | None = None, max_steps: int = 100_000):
+         h0: float | None = None, max_steps: int = 100_000, with_index: bool = False):
     """Integrate dx/dt = f(x, t) from t0 to t1 with per-sample adaptive Dormand-Prince.
 
-    f takes x [b, ...] and t [b] (any subset of the batch). Returns (x(t1), info) with
+    f takes x [b, ...] and t [b] (any subset of the batch; with_index=True also passes the
+    subset's indices into the batch as a third argument). Returns (x(t1), info) with
     info["nfe"] the number of batched f calls and info["nfe_per_sample"] a tensor [B].
     """
     B = x.shape[0]
@@ -58,7 +60,12 @@ def rk45(f, x: torch.Tensor, t0: float, t1: float, rtol: float = 1e-5, atol: flo
     t = torch.full((B,), float(t0), dtype=torch.float64, device=dev)
     h = torch.full((B,), span * 0.01 if h0 is None else float(h0), dtype=torch.float64, device=dev)
     x = x.clone()
-    k1 = f(x, t)
+    if with_index:
+        fi = f
+    else:
+        def fi(xx, tt, idx):
+            return f(xx, tt)
+    k1 = fi(x, t, torch.arange(B, device=dev))
     calls, attempts = 1, 0
     nfe = torch.ones(B, dtype=torch.int64, device=dev)
     remaining = lambda tt: (t1 - tt) * sign  # noqa: E731  distance still to go, >= 0
@@ -75,10 +82,10 @@ def rk45(f, x: torch.Tensor, t0: float, t1: float, rtol: float = 1e-5, atol: flo
         ks = [ka]
         for i in range(1, 6):
             xi = xa + hs * sum(c * k for c, k in zip(_A[i], ks) if c != 0.0)
-            ks.append(f(xi, ta + _C[i] * ha * sign))
+            ks.append(fi(xi, ta + _C[i] * ha * sign, a))
         y = xa + hs * sum(b * k for b, k in zip(_B, ks) if b != 0.0)
         t_new = torch.where(last, torch.full_like(ta, float(t1)), ta + ha * sign)
-        k7 = f(y, t_new)
+        k7 = fi(y, t_new, a)
         ks.append(k7)
         calls += 6
         nfe[a] += 6
@@ -97,11 +104,11 @@ def rk45(f, x: torch.Tensor, t0: float, t1: float, rtol: float = 1e-5, atol: flo
     return x, {"nfe": calls, "nfe_per_sample": nfe}
 
 
-OPTIONS = ("solver", "rtol", "atol", "h0", "denoise", "eps", "init")
+OPTIONS = ("solver", "rtol", "atol", "h0", "denoise", "eps", "init", "observation")
 
 
 def run(model, sde, noise, steps, x_init, solver="rk45", rtol=1e-5, atol=1e-5, h0=None, denoise=True,
-        eps=None, init="prior"):
+        eps=None, init="prior", observation=None):
     require("ode", sde, SDE, "a VESDE, VPSDE or SubVPSDE")
     check_choice("solver", solver, SOLVERS)
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
@@ -110,24 +117,47 @@ def run(model, sde, noise, steps, x_init, solver="rk45", rtol=1e-5, atol=1e-5, h
         raise ValueError(f"eps must be < T = {sde.T}; got {eps}")
     x = initial_state(sde, noise, x_init, init)
 
-    def drift(xx, tt):
-        tt = tt.to(xx.dtype)
-        return sde.probability_flow_drift(xx, tt, call_model(model, xx, tt))
+    everyone = torch.arange(x.shape[0], device=x.device)
+    if observation is None:
+        def drift(xx, tt, idx):
+            tt = tt.to(xx.dtype)
+            return sde.probability_flow_drift(xx, tt, call_model(model, xx, tt))
+
+        def full_state(xx, tt, idx):
+            return xx
+    else:
+        # Only the free part moves; the known part is m(t) b + s(t) P z0 (z0 fixed per sample).
+        b = check_observation(observation).known_for(x, noise.sample_idx)
+        z0 = observation_noise(noise, 0, 0)
+
+        def full_state(xx, tt, idx):
+            m, s = sde.marginal_coeffs(tt.to(xx.dtype))
+            return observation.replace(xx, _bc(m, xx), _bc(s, xx), b[idx], z0[idx])
+
+        def drift(xx, tt, idx):
+            tt = tt.to(xx.dtype)
+            xh = full_state(xx, tt, idx)
+            d = sde.probability_flow_drift(xh, tt, call_model(model, xh, tt))
+            return d - observation.project(d)
 
     if solver == "rk45":
         if steps is not None:
             raise ValueError("solver='rk45' chooses its own steps; pass rtol/atol instead of steps")
-        x, info = rk45(drift, x, sde.T, eps, rtol, atol, h0)
+        x, info = rk45(drift, x, sde.T, eps, rtol, atol, h0, with_index=True)
     else:
         steps = check_int("steps", 100 if steps is None else steps, lo=1)
         grid = torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64)
         step = euler_step if solver == "euler" else heun_step
+        f = lambda xx, tt: drift(xx, tt, everyone)  # noqa: E731
         for i in range(steps):
             t = grid[i].to(x.device).expand(x.shape[0])
-            x = step(drift, x, t, (grid[i + 1] - grid[i]).item())
+            x = step(f, x, t, (grid[i + 1] - grid[i]).item())
         info = {"nfe": steps * (1 if solver == "euler" else 2)}
+    t = torch.full((x.shape[0],), eps, dtype=x.dtype, device=x.device)
+    x = full_state(x, t, everyone)
     if denoise:  # one reverse-diffusion step at eps, keeping its mean (score_sde's noise removal)
-        t = torch.full((x.shape[0],), eps, dtype=x.dtype, device=x.device)
         _, x = reverse_diffusion_step(sde, x, t, call_model(model, x, t), torch.zeros_like(x))
         info["nfe"] += 1
+    if observation is not None:
+        x = observation.finalize(x, b)
     return x, info

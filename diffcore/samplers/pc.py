@@ -16,6 +16,7 @@ from .. import noise as _noise
 from .. import parameterization as P
 from ..sde import SDE, SubVPSDE, VESDE, VPSDE
 from ..validation import check_choice, check_int, check_positive
+from ..controllable import check_observation, observation_noise
 from .common import call_model, initial_state, require
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral", "none")
@@ -84,11 +85,11 @@ def ald_corrector_step(sde: SDE, x, t, score, noise, snr: float):
     return x_mean + torch.sqrt(step * 2) * noise, x_mean
 
 
-OPTIONS = ("predictor", "corrector", "snr", "corrector_steps", "denoise", "eps", "norm", "init")
+OPTIONS = ("predictor", "corrector", "snr", "corrector_steps", "denoise", "eps", "norm", "init", "observation")
 
 
 def run(model, sde, noise, steps, x_init, predictor="reverse_diffusion", corrector="langevin", snr=0.16,
-        corrector_steps=1, denoise=True, eps=None, norm="per_sample", init="prior"):
+        corrector_steps=1, denoise=True, eps=None, norm="per_sample", init="prior", observation=None):
     require("pc", sde, SDE, "a VESDE, VPSDE or SubVPSDE")
     check_choice("predictor", predictor, PREDICTORS)
     check_choice("corrector", corrector, CORRECTORS)
@@ -108,8 +109,18 @@ def run(model, sde, noise, steps, x_init, predictor="reverse_diffusion", correct
     dt = -sde.T / sde.N
     x_mean = x
     nfe = 0
+    b = None if observation is None else check_observation(observation).known_for(x, noise.sample_idx)
+
+    def observe(x, x_mean, t, step, sub):
+        """Known part <- forward-perturbed known data (x) and its mean (x_mean) at time t."""
+        m, s = sde.marginal_coeffs(t)
+        m, s = P.bcast(m, x), P.bcast(s, x)
+        z = observation_noise(noise, step, sub)
+        return observation.replace(x, m, s, b, z), observation.replace(x_mean, m, 0 * s, b, z)
+
     for i in range(sde.N):
         t = timesteps[i].to(x.device).expand(B).to(x.dtype)
+        t_next = timesteps[min(i + 1, sde.N - 1)].to(x.device).expand(B).to(x.dtype)
         if corrector != "none":
             for j in range(corrector_steps):
                 score = call_model(model, x, t)
@@ -119,6 +130,8 @@ def run(model, sde, noise, steps, x_init, predictor="reverse_diffusion", correct
                 else:
                     x, x_mean = ald_corrector_step(sde, x, t, score, z, snr)
                 nfe += 1
+                if observation is not None:
+                    x, x_mean = observe(x, x_mean, t, i, j)
         if predictor != "none":
             score = call_model(model, x, t)
             z = noise.normal(i)
@@ -129,4 +142,9 @@ def run(model, sde, noise, steps, x_init, predictor="reverse_diffusion", correct
             else:
                 x, x_mean = ancestral_step(sde, x, t, score, z)
             nfe += 1
-    return (x_mean if denoise else x), {"nfe": nfe}
+            if observation is not None:
+                x, x_mean = observe(x, x_mean, t_next, i, 0xFFFF)
+    x = x_mean if denoise else x
+    if observation is not None:
+        x = observation.finalize(x, b)
+    return x, {"nfe": nfe}
