@@ -5,10 +5,12 @@ processes (NCSN, DDPM, VE/VP/sub-VP SDEs), losses, samplers and closed-form mode
 """
 from . import controllable, losses, noise, parameterization, schedules
 from .closed_form import GaussianMixture
+from .gaussian import Gaussian
+from .likelihood import bits_per_dim, decode, encode, likelihood
 from .discrete import DDPM, NCSN
 from .sampling import sample
 from .sde import SDE, SubVPSDE, VESDE, VPSDE
 
 __version__ = "0.1.0"
-__all__ = ["NCSN", "DDPM", "SDE", "VESDE", "VPSDE", "SubVPSDE", "GaussianMixture", "sample",
+__all__ = ["likelihood", "bits_per_dim", "encode", "decode", "Gaussian", "NCSN", "DDPM", "SDE", "VESDE", "VPSDE", "SubVPSDE", "GaussianMixture", "sample",
            "schedules", "losses", "noise", "parameterization", "controllable"]

@@ -126,10 +126,7 @@ class GaussianMixture:
         gm = self
 
         def exact_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            t = torch.as_tensor(t, device=x.device)
-            if t.dim() == 0:
-                t = t.expand(x.shape[0])
-            m, s = coeffs(t)
+            m, s = coeffs(per_sample_time(t, x))
             score = gm.noised_score(x, m, s)
             if process.output == "score":
                 return score
@@ -149,8 +146,7 @@ class GaussianMixture:
         gm = self
 
         def log_prob(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            t = torch.as_tensor(t, device=x.device)
-            m, s = coeffs(t.expand(x.shape[0]) if t.dim() == 0 else t)
+            m, s = coeffs(per_sample_time(t, x))
             logw, _ = gm._noised(x, m, s)
             return logw[k] - torch.logsumexp(logw, dim=0)
 
@@ -171,8 +167,7 @@ class GaussianMixture:
         gm = self
 
         def log_prob(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            t = torch.as_tensor(t, device=x.device)
-            m, s = coeffs(t.expand(x.shape[0]) if t.dim() == 0 else t)
+            m, s = coeffs(per_sample_time(t, x))
             m = torch.as_tensor(m, dtype=torch.float64).reshape(-1, 1, 1)
             s = torch.as_tensor(s, dtype=torch.float64).reshape(-1, 1, 1)
             logw, _ = gm._noised(x, m.flatten(), s.flatten())             # [K, B]
@@ -193,6 +188,12 @@ class GaussianMixture:
             return torch.logsumexp(log_r + log_n, dim=1)
 
         return log_prob
+
+
+def per_sample_time(t, x: torch.Tensor) -> torch.Tensor:
+    """t as a tensor [B] on x's device (a scalar is broadcast to every sample)."""
+    t = torch.as_tensor(t, device=x.device)
+    return t.expand(x.shape[0]) if t.dim() == 0 else t
 
 
 def _marginal_coeffs_fn(process):

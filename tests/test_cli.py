@@ -61,3 +61,12 @@ def test_info():
     assert r.returncode == 0
     info = json.loads(r.stdout)
     assert "pc" in info["methods"] and info["backends"] == ["torch"]
+
+
+def test_likelihood_reports_ode_nll_beside_exact():
+    r = _run("likelihood", "--n", "32", "--process", "subvp")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["relative_error"] < 0.01
+    assert abs(report["nll_nats"] - report["exact_nll_nats"]) < 0.01 * abs(report["exact_nll_nats"])
+    assert report["nfe_per_sample_mean"] > 0
