@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 
@@ -67,7 +66,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_likelihood(args) -> int:
-    from .likelihood import likelihood
+    from .likelihood import bits_per_dim, likelihood
 
     gm = demo_mixture()
     sde = PROCESSES[args.process]()
@@ -80,7 +79,7 @@ def cmd_likelihood(args) -> int:
     report = {"process": repr(sde), "n": args.n, "divergence": args.divergence, "probes": args.probes,
               "nll_nats": nll.mean().item(), "exact_nll_nats": exact.mean().item(),
               "relative_error": abs(nll.mean().item() / exact.mean().item() - 1),
-              "bits_per_dim": (nll.mean() / (2 * math.log(2))).item(),
+              "bits_per_dim": bits_per_dim(nll, 2).mean().item(),
               "nfe_per_sample_mean": info["nfe_per_sample"].double().mean().item(), "seconds": round(seconds, 3)}
     print(json.dumps(report, indent=2))
     return 0

@@ -22,6 +22,7 @@ import math
 import torch
 
 from . import noise as _noise
+from . import parameterization as P
 from .validation import check_finite, check_positive
 
 STREAM_OBSERVATION = 6 << 16  # + sub-step: noise that perturbs the known data
@@ -40,7 +41,8 @@ class LinearObservation:
     # ---- constructors ------------------------------------------------------------------
     @classmethod
     def inpainting(cls, mask: torch.Tensor, values: torch.Tensor) -> "LinearObservation":
-        """mask: 1 where x is known, 0 where it is free (one sample's shape or [n, *shape])."""
+        """mask: 1 where x is known, 0 where it is free, one sample's shape; values: the known
+        data, one sample's shape or [n, *shape] (one per sample)."""
         if not isinstance(mask, torch.Tensor) or not ((mask == 0) | (mask == 1)).all():
             raise ValueError("mask must be a tensor of 0s (free) and 1s (known)")
         check_finite("values", values)
@@ -48,7 +50,12 @@ class LinearObservation:
             known = values * mask
         except RuntimeError:
             raise ValueError(f"values {tuple(values.shape)} must broadcast against mask {tuple(mask.shape)}") from None
-        return cls(lambda x: x * mask.to(x.dtype), known)
+        def project(x):
+            if mask.shape != x.shape[1:]:
+                raise ValueError(f"mask must have one sample's shape {tuple(x.shape[1:])}; got {tuple(mask.shape)}")
+            return x * mask.to(x.device, x.dtype)
+
+        return cls(project, known)
 
     @classmethod
     def colorization(cls, grey: torch.Tensor, channel_dim: int = 1) -> "LinearObservation":
@@ -70,7 +77,7 @@ class LinearObservation:
         if A.dim() != 2:
             raise ValueError(f"A must be a matrix [M, D]; got shape {tuple(A.shape)}")
         gram = A @ A.T
-        if not torch.allclose(gram, torch.eye(A.shape[0], dtype=A.dtype), atol=1e-6):
+        if not torch.allclose(gram, torch.eye(A.shape[0], dtype=A.dtype, device=A.device), atol=1e-6):
             raise ValueError("A must have orthonormal rows (A A^T = I)")
         if y.shape[-1] != A.shape[0]:
             raise ValueError(f"y must have A's {A.shape[0]} rows as its last dimension; got {tuple(y.shape)}")
@@ -78,7 +85,7 @@ class LinearObservation:
 
         def project(x):
             flat = x.reshape(x.shape[0], -1)
-            return (flat @ proj.to(x.dtype)).reshape(x.shape)
+            return (flat @ proj.to(x.device, x.dtype)).reshape(x.shape)
 
         return cls(project, y.to(A.dtype) @ A)  # A^T y as a row per sample, flattened
 
@@ -102,15 +109,28 @@ class LinearObservation:
         return x - self.project(x) + b
 
 
-def guided(model, log_prob, scale: float = 1.0):
-    """A score model plus scale * grad_x log p(y | x_t, t); log_prob(x, t) -> [B]."""
+def guided(model, log_prob, scale: float = 1.0, process=None):
+    """A score model plus scale * grad_x log p(y | x_t, t); log_prob(x, t) -> [B].
+
+    For an eps model (pass its DDPM `process`) the guidance is applied to the score it
+    stands for: eps - s_t * scale * grad, since eps = -s_t * score.
+    """
     scale = check_positive("scale", scale, allow_zero=True)
+    if process is not None and getattr(process, "output", None) not in ("score", "eps"):
+        raise ValueError(f"process must be an NCSN, DDPM or SDE; got {type(process).__name__}")
+    eps_model = process is not None and process.output == "eps"
+    if eps_model and process.variance == "learned_range":
+        raise ValueError("guided() does not support variance='learned_range' eps models yet")
 
     def guided_model(x, t):
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             grad, = torch.autograd.grad(log_prob(xg, t).sum(), xg)
-        return model(x, t) + scale * grad.to(x.dtype)
+        grad = scale * grad.to(x.dtype)
+        if eps_model:
+            _, s = process.marginal_coeffs(t)
+            return model(x, t) - P.bcast(s.to(x.dtype), x) * grad
+        return model(x, t) + grad
 
     return guided_model
 

@@ -193,7 +193,9 @@ def spaced_timesteps(T: int, steps: int, spacing: str = "leading") -> torch.Tens
     if spacing == "leading":
         return torch.arange(steps, dtype=torch.int64) * (T // steps)
     if spacing == "trailing":
-        return (torch.round(torch.arange(T, 0, -T / steps, dtype=torch.float64)).long() - 1).flip(0)
+        # T - i T / S for i < S, computed per index: a float arange can overshoot by one entry
+        i = torch.arange(steps, dtype=torch.float64)
+        return (torch.round(T - i * T / steps).long() - 1).flip(0)
     if steps == 1:
         return torch.tensor([T - 1])
     return torch.round(torch.arange(steps, dtype=torch.float64) * (T - 1) / (steps - 1)).long()

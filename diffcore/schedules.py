@@ -41,8 +41,9 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, num_levels: int) -> tor
     sigma_max = check_positive("sigma_max", sigma_max)
     sigma_min = check_positive("sigma_min", sigma_min)
     num_levels = check_int("num_levels", num_levels, lo=1)
-    if sigma_min > sigma_max:
-        raise ValueError(f"need sigma_min <= sigma_max; got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    if sigma_min > sigma_max or (sigma_min == sigma_max and num_levels > 1):
+        raise ValueError(f"need sigma_min < sigma_max for more than one level; got sigma_min={sigma_min}, "
+                         f"sigma_max={sigma_max}, num_levels={num_levels}")
     if num_levels == 1:
         return torch.tensor([sigma_max], dtype=torch.float64)
     return torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), num_levels, dtype=torch.float64))

@@ -176,7 +176,7 @@ class VPSDE(SDE):
     def discrete_betas(self) -> torch.Tensor:
         if self.beta_1 / self.N >= 1:
             raise ValueError(f"the discrete DDPM chain of {self!r} needs N > beta_max (beta_max / N < 1); "
-                             f"use more steps, or predictor='euler_maruyama' with corrector='ald' or 'none'")
+                             f"use more steps, or predictor='euler_maruyama' with corrector='none' (pc), or denoise=False (ode)")
         return self._discrete_betas
 
     @property

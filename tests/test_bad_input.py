@@ -55,6 +55,10 @@ CASES = {
     "model returns non-tensor": (lambda: _sample(model=lambda x, t: 0.0), r"model must return a tensor"),
     "learned_range output shape": (lambda: _sample(method="ancestral", process=diffcore.DDPM(schedules.linear_betas(100), "learned_range"),
                                                    model=GM.model(DDPM)), r"variance='learned_range' needs model output \[B, 2C, \.\.\.\]"),
+    "eta above 1": (lambda: _sample(method="ddim", process=DDPM, model=GM.model(DDPM), eta=3.0), r"eta must lie in \[0, 1\]"),
+    "h0 negative": (lambda: _sample(method="ode", steps=None, h0=-0.1), r"h0 must be finite and > 0"),
+    "loss eps negative": (lambda: diffcore.losses.sde_score_loss(GM.model(VP), VP, torch.zeros(2, 2), eps=-0.5), r"eps must be finite and > 0"),
+    "constant ladder": (lambda: schedules.geometric_sigmas(1.0, 1.0, 5), r"need sigma_min < sigma_max for more than one level"),
     # processes
     "unknown variance": (lambda: diffcore.DDPM(schedules.linear_betas(10), variance="fixed"), r"variance must be one of \['fixed_large', 'fixed_small', 'learned_range'\]"),
     "betas out of range": (lambda: diffcore.DDPM([0.1, 1.2]), r"betas must all lie in \(0, 1\)"),

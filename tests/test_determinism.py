@@ -44,3 +44,22 @@ def test_image_shaped_samples_are_chunk_invariant():
     a = diffcore.sample(gm.model(ddpm), ddpm, n=10, shape=(2, 3, 5), method="ancestral", steps=10, seed=1, batch_size=3)
     b = diffcore.sample(gm.model(ddpm), ddpm, n=10, shape=(2, 3, 5), method="ancestral", steps=10, seed=1)
     assert a.shape == (10, 2, 3, 5) and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method,process,options", [
+    ("pc", diffcore.VESDE(N=20), dict(corrector="none")),
+    ("ode", diffcore.VPSDE(), dict(solver="euler", steps=5)),
+    ("langevin", diffcore.NCSN([1.0, 0.1]), dict(steps=3)),
+    ("annealed_langevin", diffcore.NCSN([1.0, 0.1]), dict(steps=2)),
+])
+def test_model_sees_float32_time_for_half_precision_state(method, process, options, gm2):
+    """Schedule lookups from t collide in fp16/bf16, so times stay float32 at least."""
+    seen = set()
+    exact = gm2.model(process)
+
+    def model(x, t):
+        seen.add(t.dtype)
+        return exact(x, t)
+
+    diffcore.sample(model, process, n=3, shape=(2,), method=method, dtype=torch.bfloat16, **options)
+    assert seen == {torch.float32}

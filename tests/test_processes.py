@@ -142,3 +142,23 @@ def test_respaced_chain_keeps_the_marginals():
 ])
 def test_spaced_timesteps(spacing, expect):
     assert diffcore.discrete.spaced_timesteps(1000, 10, spacing).tolist() == expect
+
+
+@pytest.mark.parametrize("T", [1000, 999, 37])
+def test_trailing_spacing_has_steps_entries_ending_at_T_minus_1(T):
+    for steps in range(1, min(T, 120) + 1):
+        ts = diffcore.discrete.spaced_timesteps(T, steps, "trailing")
+        assert ts.numel() == steps, (T, steps, ts)
+        assert ts[-1].item() == T - 1 and ts[0].item() >= 0
+        assert steps == 1 or (ts[1:] > ts[:-1]).all()
+
+
+def test_trailing_spacing_matches_diffusers():
+    diffusers = pytest.importorskip("diffusers")
+    for steps in (10, 50, 61):
+        sched = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing")
+        sched.set_timesteps(steps)
+        theirs = sorted(sched.timesteps.tolist())
+        ours = diffcore.discrete.spaced_timesteps(1000, steps, "trailing").tolist()
+        if len(theirs) == steps:  # diffusers' float arange overshoots for some counts
+            assert ours == theirs

@@ -40,13 +40,18 @@ def score_at(model, process, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def lowest_noise_time(process, batch: int, device) -> torch.Tensor:
-    """The t a model takes at the process's smallest noise level."""
-    if isinstance(process, NCSN):
-        return torch.full((batch,), process.sigma_min, dtype=torch.float64, device=device)
+def time_dtype(x: torch.Tensor) -> torch.dtype:
+    """Continuous times (and sigmas) are float32 at least: in fp16/bf16 the schedule lookups
+    t -> index would collide (bf16 resolves only ~500 of 1000 steps near t = 1)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def lowest_noise_time(process, x: torch.Tensor) -> torch.Tensor:
+    """The t a model takes at the process's smallest noise level, one per sample of x."""
     if isinstance(process, DDPM):
-        return torch.zeros(batch, dtype=torch.int64, device=device)
-    return torch.full((batch,), process.eps, dtype=torch.float64, device=device)
+        return torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+    level = process.sigma_min if isinstance(process, NCSN) else process.eps
+    return torch.full((x.shape[0],), level, dtype=time_dtype(x), device=x.device)
 
 
 INIT_CHOICES = ("prior", "uniform")

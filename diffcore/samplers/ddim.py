@@ -34,6 +34,8 @@ OPTIONS = ("eta", "clip_denoised", "spacing", "timesteps")
 def run(model, process, noise, steps, x_init, eta=0.0, clip_denoised=False, spacing="leading", timesteps=None):
     require("ddim", process, DDPM, "a DDPM process")
     eta = check_positive("eta", eta, allow_zero=True)
+    if eta > 1:
+        raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM-like); got {eta}")
     if timesteps is None:
         steps = check_int("steps", 50 if steps is None else steps, lo=1, hi=process.T)
         ts = spaced_timesteps(process.T, steps, spacing)

@@ -7,7 +7,7 @@ import torch
 from .. import parameterization as P
 from ..discrete import NCSN
 from ..validation import check_int, check_positive
-from .common import initial_state, lowest_noise_time, require, score_at
+from .common import initial_state, lowest_noise_time, require, score_at, time_dtype
 
 
 def langevin_step(x: torch.Tensor, score: torch.Tensor, step_size, noise: torch.Tensor) -> torch.Tensor:
@@ -27,7 +27,7 @@ def run_langevin(model, process, noise, steps, x_init, step_size=1e-3, init="uni
     steps = check_int("steps", 1000 if steps is None else steps, lo=1)
     step_size = check_positive("step_size", step_size)
     x = initial_state(process, noise, x_init, init, init_range)
-    t = lowest_noise_time(process, x.shape[0], x.device)
+    t = lowest_noise_time(process, x)
     for i in range(steps):
         x = langevin_step(x, score_at(model, process, x, t), step_size, noise.normal(i))
     return x, {"nfe": steps}
@@ -49,12 +49,12 @@ def run_annealed(model, process, noise, steps, x_init, eps=2e-5, denoise=True, i
     k = 0
     for sigma in process.sigmas.tolist():
         alpha = eps * (sigma / sigma_L) ** 2
-        t = torch.full((B,), sigma, dtype=torch.float64, device=x.device)
+        t = torch.full((B,), sigma, dtype=time_dtype(x), device=x.device)
         for _ in range(steps):
             x = langevin_step(x, score_at(model, process, x, t), alpha, noise.normal(k))
             k += 1
     if denoise:
-        t = torch.full((B,), sigma_L, dtype=torch.float64, device=x.device)
+        t = torch.full((B,), sigma_L, dtype=time_dtype(x), device=x.device)
         x = P.x0_from_score(x, score_at(model, process, x, t), 1.0, sigma_L)
         k += 1
     return x, {"nfe": k}

@@ -10,7 +10,7 @@ import torch
 
 from ..sde import SDE
 from ..validation import check_choice, check_int, check_positive
-from .common import call_model, initial_state, require
+from .common import call_model, initial_state, require, time_dtype
 from ..controllable import check_observation, observation_noise
 from .pc import reverse_diffusion_step
 
@@ -53,6 +53,9 @@ def rk45(f, x: torch.Tensor, t0: float, t1: float, rtol: float = 1e-5, atol: flo
     subset's indices into the batch as a third argument). Returns (x(t1), info) with
     info["nfe"] the number of batched f calls and info["nfe_per_sample"] a tensor [B].
     """
+    if h0 is not None:
+        h0 = check_positive("h0", h0)
+    max_steps = check_int("max_steps", max_steps, lo=1)
     B = x.shape[0]
     dev = x.device
     sign = 1.0 if t1 > t0 else -1.0
@@ -120,7 +123,7 @@ def run(model, sde, noise, steps, x_init, solver="rk45", rtol=1e-5, atol=1e-5, h
     everyone = torch.arange(x.shape[0], device=x.device)
     if observation is None:
         def drift(xx, tt, idx):
-            tt = tt.to(xx.dtype)
+            tt = tt.to(time_dtype(xx))
             return sde.probability_flow_drift(xx, tt, call_model(model, xx, tt))
 
         def full_state(xx, tt, idx):
@@ -131,11 +134,11 @@ def run(model, sde, noise, steps, x_init, solver="rk45", rtol=1e-5, atol=1e-5, h
         z0 = observation_noise(noise, 0, 0)
 
         def full_state(xx, tt, idx):
-            m, s = sde.marginal_coeffs(tt.to(xx.dtype))
+            m, s = sde.marginal_coeffs(tt.to(time_dtype(xx)))
             return observation.replace(xx, _bc(m, xx), _bc(s, xx), b[idx], z0[idx])
 
         def drift(xx, tt, idx):
-            tt = tt.to(xx.dtype)
+            tt = tt.to(time_dtype(xx))
             xh = full_state(xx, tt, idx)
             d = sde.probability_flow_drift(xh, tt, call_model(model, xh, tt))
             return d - observation.project(d)
@@ -153,7 +156,7 @@ def run(model, sde, noise, steps, x_init, solver="rk45", rtol=1e-5, atol=1e-5, h
             t = grid[i].to(x.device).expand(x.shape[0])
             x = step(f, x, t, (grid[i + 1] - grid[i]).item())
         info = {"nfe": steps * (1 if solver == "euler" else 2)}
-    t = torch.full((x.shape[0],), eps, dtype=x.dtype, device=x.device)
+    t = torch.full((x.shape[0],), eps, dtype=time_dtype(x), device=x.device)
     x = full_state(x, t, everyone)
     if denoise:  # one reverse-diffusion step at eps, keeping its mean (score_sde's noise removal)
         _, x = reverse_diffusion_step(sde, x, t, call_model(model, x, t), torch.zeros_like(x))

@@ -17,7 +17,7 @@ from .. import parameterization as P
 from ..sde import SDE, SubVPSDE, VESDE, VPSDE
 from ..validation import check_choice, check_int, check_positive
 from ..controllable import check_observation, observation_noise
-from .common import call_model, initial_state, require
+from .common import call_model, initial_state, require, time_dtype
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral", "none")
 CORRECTORS = ("langevin", "ald", "none")
@@ -106,6 +106,7 @@ def run(model, sde, noise, steps, x_init, predictor="reverse_diffusion", correct
     x = initial_state(sde, noise, x_init, init)
     B = x.shape[0]
     timesteps = torch.linspace(sde.T, eps, sde.N, dtype=torch.float64)
+    tdt = time_dtype(x)
     dt = -sde.T / sde.N
     x_mean = x
     nfe = 0
@@ -119,8 +120,8 @@ def run(model, sde, noise, steps, x_init, predictor="reverse_diffusion", correct
         return observation.replace(x, m, s, b, z), observation.replace(x_mean, m, 0 * s, b, z)
 
     for i in range(sde.N):
-        t = timesteps[i].to(x.device).expand(B).to(x.dtype)
-        t_next = timesteps[min(i + 1, sde.N - 1)].to(x.device).expand(B).to(x.dtype)
+        t = timesteps[i].to(x.device).expand(B).to(tdt)
+        t_next = timesteps[min(i + 1, sde.N - 1)].to(x.device).expand(B).to(tdt)
         if corrector != "none":
             for j in range(corrector_steps):
                 score = call_model(model, x, t)
