@@ -14,7 +14,7 @@ from . import noise as _noise
 from . import parameterization as P
 from .discrete import DDPM, NCSN
 from .sde import SDE
-from .validation import check_finite, check_int
+from .validation import check_int
 
 
 class GaussianMixture:

@@ -97,6 +97,8 @@ class DDPM:
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1.0 - self.alphas_cumprod)
         # fixed_large: beta_t, but beta~_1 at the first step so the decoder's variance is sane.
         self.large_variance = torch.cat([pv1.reshape(1), betas[1:]])
+        self.log_large_variance = torch.log(self.large_variance)
+        self.log_betas = torch.log(betas)
 
     def __repr__(self):
         return f"DDPM(T={self.T}, variance={self.variance!r})"
@@ -151,9 +153,9 @@ class DDPM:
         if self.variance == "fixed_small":
             return gather(self.posterior_log_variance_clipped, t, x)
         if self.variance == "fixed_large":
-            return gather(torch.log(self.large_variance), t, x)
+            return gather(self.log_large_variance, t, x)
         frac = (v + 1) / 2  # the network's v in [-1, 1] -> [0, 1]
-        return frac * gather(torch.log(self.betas), t, x) + (1 - frac) * gather(self.posterior_log_variance_clipped, t, x)
+        return frac * gather(self.log_betas, t, x) + (1 - frac) * gather(self.posterior_log_variance_clipped, t, x)
 
     def p_mean_variance(self, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
                         clip_denoised: bool = False):

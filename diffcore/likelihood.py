@@ -45,10 +45,7 @@ def _check_common(model, sde, x, name, rtol, atol, eps):
         raise ValueError(f"{name} must have shape [B, ...] with B >= 1 and at least one value per sample; "
                          f"got {tuple(x.shape)}")
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
-    eps = sde.eps if eps is None else check_positive("eps", eps)
-    if not 0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}); got {eps}")
-    return rtol, atol, float(eps)
+    return rtol, atol, float(sde.check_eps(eps))
 
 
 def _call(model, x, t):

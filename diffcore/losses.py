@@ -16,7 +16,7 @@ import torch
 from . import parameterization as P
 from .discrete import DDPM, NCSN, gather
 from .sde import SDE
-from .validation import check_choice, check_finite, check_int, check_positive
+from .validation import check_choice, check_finite, check_int
 
 _LOG2 = math.log(2.0)
 
@@ -179,9 +179,7 @@ def sde_score_loss(model, sde: SDE, x0, t=None, noise=None, generator=None, weig
     check_choice("weighting", weighting, WEIGHTINGS)
     check_choice("reduce", reduce, ("sum", "mean"))
     check_finite("x0", x0)
-    eps = sde.eps if eps is None else check_positive("eps", eps)
-    if eps >= sde.T:
-        raise ValueError(f"eps must be < T = {sde.T}; got {eps}")
+    eps = sde.check_eps(eps)
     B = x0.shape[0]
     if t is None:
         t = torch.rand(B, generator=generator, dtype=torch.float64, device=x0.device) * (sde.T - eps) + eps

@@ -36,6 +36,16 @@ class SDE:
         """The same SDE with an N-step discrete chain (samplers use N steps)."""
         return self if N == self.N else type(self)(**{**self.config(), "N": N})
 
+    def check_eps(self, eps) -> float:
+        """The smallest time a sampler, loss or likelihood goes down to: the SDE's default, or
+        a given eps in (0, T)."""
+        if eps is None:
+            return self.eps
+        eps = check_positive("eps", eps)
+        if eps >= self.T:
+            raise ValueError(f"eps must lie in (0, T) = (0, {self.T}); got {eps}")
+        return eps
+
     def check_t(self, t, x: torch.Tensor, lo: float | None = None) -> torch.Tensor:
         return check_batch_time("t", t, x.shape[0], 0.0 if lo is None else lo, self.T, x)
 
@@ -207,10 +217,17 @@ class VPSDE(SDE):
         lmc = self.log_mean_coeff(t)
         return torch.exp(lmc), torch.sqrt(-torch.expm1(2 * lmc))
 
+    def beta_at(self, t, like) -> torch.Tensor:
+        """beta_i of the discrete chain at t's index, [B] in like's dtype."""
+        return self.discrete_betas.to(t.device)[self.timestep_index(t)].to(like.dtype)
+
+    def alpha_at(self, t, like) -> torch.Tensor:
+        """alpha_i = 1 - beta_i (rounded from float64) at t's index, [B] in like's dtype."""
+        return self.alphas.to(t.device)[self.timestep_index(t)].to(like.dtype)
+
     def discretize(self, x, t):
         """DDPM chain: x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z."""
-        idx = self.timestep_index(t)
-        beta = self.discrete_betas.to(t.device)[idx].to(x.dtype)
+        beta = self.beta_at(t, x)
         return P.bcast(torch.sqrt(1 - beta), x) * x - x, torch.sqrt(beta)
 
     def to_ddpm(self, variance: str = "fixed_small") -> DDPM:
@@ -221,8 +238,6 @@ class VPSDE(SDE):
 class SubVPSDE(VPSDE):
     """sub-VP: the VP drift with g(t)^2 = beta(t) (1 - exp(-2 int_0^t beta)); its variance
     (1 - exp(2 lmc))^2 stays below the VP one. No chain of its own: discretize is EM."""
-
-    eps = 1e-3
 
     def diffusion(self, t):
         discount = -torch.expm1(-2 * self.beta_0 * t - (self.beta_1 - self.beta_0) * t ** 2)

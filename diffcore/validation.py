@@ -61,9 +61,3 @@ def check_batch_time(name: str, t, batch: int, lo: float, hi: float, like: torch
         raise ValueError(f"{name} must lie in [{lo}, {hi}]; got values in [{t_min}, {t_max}]")
     return t
 
-
-def check_sample_shape(name: str, x: torch.Tensor, batch_dims: int = 1) -> torch.Tensor:
-    if x.dim() < batch_dims + 1:
-        raise ValueError(f"{name} must have shape [B, ...] with at least one data dimension; "
-                         f"got {tuple(x.shape)}")
-    return x

@@ -7,7 +7,6 @@ import torch
 from .. import noise as _noise
 from .. import parameterization as P
 from ..discrete import DDPM, NCSN
-from ..sde import SDE
 from ..validation import check_choice
 
 

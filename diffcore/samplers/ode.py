@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import parameterization as P
 from ..sde import SDE
 from ..validation import check_choice, check_int, check_positive
 from .common import call_model, initial_state, require, time_dtype
@@ -29,10 +30,6 @@ _A = (
 _B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84)
 # b - b*: the embedded 4th-order error estimate (the 7th stage is f at the new point: FSAL).
 _E = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)
-
-
-def _bc(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return v.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
 
 
 def euler_step(f, x, t, h):
@@ -81,7 +78,7 @@ def rk45(f, x: torch.Tensor, t0: float, t1: float, rtol: float = 1e-5, atol: flo
         xa, ta, ka = x[a], t[a], k1[a]
         last = h[a] >= remaining(ta)
         ha = torch.where(last, remaining(ta), h[a])
-        hs = _bc(ha * sign, xa)
+        hs = P.bcast((ha * sign).to(xa.dtype), xa)
         ks = [ka]
         for i in range(1, 6):
             xi = xa + hs * sum(c * k for c, k in zip(_A[i], ks) if c != 0.0)
@@ -115,9 +112,7 @@ def run(model, sde, noise, steps, x_init, solver="rk45", rtol=1e-5, atol=1e-5, h
     require("ode", sde, SDE, "a VESDE, VPSDE or SubVPSDE")
     check_choice("solver", solver, SOLVERS)
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
-    eps = sde.eps if eps is None else check_positive("eps", eps)
-    if eps >= sde.T:
-        raise ValueError(f"eps must be < T = {sde.T}; got {eps}")
+    eps = sde.check_eps(eps)
     x = initial_state(sde, noise, x_init, init)
 
     everyone = torch.arange(x.shape[0], device=x.device)
@@ -135,7 +130,7 @@ def run(model, sde, noise, steps, x_init, solver="rk45", rtol=1e-5, atol=1e-5, h
 
         def full_state(xx, tt, idx):
             m, s = sde.marginal_coeffs(tt.to(time_dtype(xx)))
-            return observation.replace(xx, _bc(m, xx), _bc(s, xx), b[idx], z0[idx])
+            return observation.replace(xx, P.bcast(m.to(xx.dtype), xx), P.bcast(s.to(xx.dtype), xx), b[idx], z0[idx])
 
         def drift(xx, tt, idx):
             tt = tt.to(time_dtype(xx))

@@ -48,7 +48,7 @@ def ancestral_step(sde: SDE, x, t, score, noise):
         std = torch.sqrt(a2 * (s2 - a2) / s2)
         return x_mean + std * noise, x_mean
     if isinstance(sde, VPSDE) and not isinstance(sde, SubVPSDE):
-        beta = P.bcast(sde.discrete_betas.to(x.device)[sde.timestep_index(t)].to(x.dtype), x)
+        beta = P.bcast(sde.beta_at(t, x), x)
         x_mean = (x + beta * score) / torch.sqrt(1 - beta)
         return x_mean + torch.sqrt(beta) * noise, x_mean
     raise ValueError(f"predictor='ancestral' needs a VESDE or VPSDE; got {type(sde).__name__}")
@@ -58,7 +58,7 @@ def ancestral_step(sde: SDE, x, t, score, noise):
 def _corrector_alpha(sde: SDE, t, x):
     """score_sde scales Langevin steps by alpha_i = 1 - beta_i for VP-type SDEs."""
     if isinstance(sde, VPSDE):
-        return P.bcast(sde.alphas.to(x.device)[sde.timestep_index(t)].to(x.dtype), x)
+        return P.bcast(sde.alpha_at(t, x), x)
     return torch.ones((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device)
 
 
@@ -98,9 +98,7 @@ def run(model, sde, noise, steps, x_init, predictor="reverse_diffusion", correct
     corrector_steps = check_int("corrector_steps", corrector_steps, lo=0)
     if predictor == "ancestral" and not (isinstance(sde, VESDE) or type(sde) is VPSDE):
         raise ValueError(f"predictor='ancestral' needs a VESDE or VPSDE; got {type(sde).__name__}")
-    eps = sde.eps if eps is None else check_positive("eps", eps)
-    if eps >= sde.T:
-        raise ValueError(f"eps must be < T = {sde.T}; got {eps}")
+    eps = sde.check_eps(eps)
     if steps is not None:
         sde = sde.with_steps(check_int("steps", steps, lo=1))
     x = initial_state(sde, noise, x_init, init)
