@@ -1,4 +1,57 @@
 """Triton kernels, installed as ``diffcore.kernels``: one file per op, reference beside it.
 
-Empty until the fused kernels land; every op runs on the reference backend meanwhile.
+    group_norm_silu.py   SiLU(GroupNorm(x + emb)) forward + backward, NC* or channels-last
+    residual_add.py      (skip + h) * scale
+    affine_step.py, heun_step.py, ddpm_step.py, ddim_step.py, langevin_step.py
+                         the sampler updates, noise read from z or drawn in-kernel
+    philox.py            the project's Philox4x32-10 + Box-Muller generator (diffcore.noise)
+
+Each op is a torch custom op in the namespace ``diffcore_triton`` (custom_op + register_fake;
+GroupNorm and residual_add also register_autograd), so torch.compile and CUDA graphs see it.
+`IMPLS` maps the op table's names to callables with the reference's signatures (step ops take
+``z`` or ``noise_address=(seed, sample_idx, step, stream)``); `available(device)` says where
+they run: CUDA, or CPU when TRITON_INTERPRET=1 was set before triton was imported.
+
+Importing this package raises ImportError when triton is missing (diffcore.ops warns once
+and uses the reference).
 """
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton  # noqa: F401
+    import triton.language  # noqa: F401
+except Exception as e:  # a broken triton install is as good as none
+    raise ImportError(f"diffcore.kernels needs triton ({type(e).__name__}: {e})") from e
+
+# triton reads TRITON_INTERPRET when a kernel is defined: what counts is its value now.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+from . import affine_step, ddim_step, ddpm_step, group_norm_silu, heun_step, langevin_step, residual_add  # noqa: E402
+
+IMPLS = {
+    "group_norm_silu": group_norm_silu.group_norm_silu,
+    "residual_add": residual_add.residual_add,
+    "affine_step": affine_step.affine_step,
+    "heun_step": heun_step.heun_step,
+    "ddpm_step": ddpm_step.ddpm_step,
+    "ddim_step": ddim_step.ddim_step,
+    "langevin_step": langevin_step.langevin_step,
+}
+
+
+def available(device) -> bool:
+    """Whether the kernels run on `device` here: CUDA (ROCm included) when present; CPU only
+    under the interpreter (TRITON_INTERPRET=1 set before triton was imported)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return not INTERPRET and torch.cuda.is_available()
+    if device.type == "cpu":
+        return INTERPRET
+    return False
+
+
+__all__ = ["IMPLS", "available", "INTERPRET"]
