@@ -52,6 +52,9 @@ def _has(name: str, op: str, device: torch.device) -> bool:
     return mod is not None and op in getattr(mod, "IMPLS", {}) and bool(mod.available(device))
 
 
+# Under torch.compile the choice is made once at trace time (the backend module may be
+# imported there, which dynamo cannot trace): without this, a compiled first call fails.
+@torch.compiler.assume_constant_result
 def resolve(op: str, device: torch.device, backend: str | None = None) -> str:
     """The backend that runs `op` on `device`: explicit > DIFFCORE_BACKEND > fastest present."""
     asked = backend if backend is not None else (os.environ.get("DIFFCORE_BACKEND") or None)
