@@ -1,0 +1,202 @@
+// CPU GroupNorm (+ per-(n, c) embedding added before the statistics) (+ SiLU) forward, for
+// NCHW-contiguous ([N, C, *]) and channels_last (4-D / 5-D) inputs. One read for the
+// statistics (shifted sums in double, so a large mean loses nothing), one read + one write
+// for y = silu(x * scale_c + shift_c); a group's slice of an NCHW tensor stays in cache
+// between the two. Parallel over (n, group) (NCHW) or n (channels_last).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "../common.h"
+#include "../gmm.h"
+
+#if defined(_OPENMP)
+#define DC_SIMD_SUM2(a, b) _Pragma("omp simd reduction(+ : a, b)")
+#else
+#define DC_SIMD_SUM2(a, b)
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(DIFFCORE_NO_CLONES)
+#define DC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define DC_CLONES
+#endif
+
+namespace diffcore {
+namespace {
+
+template <typename T> inline T silu_of(T y);
+template <> inline float silu_of<float>(float y) { return y / (1.0f + fast_expf(-y)); }
+template <> inline double silu_of<double>(double y) { return y / (1.0 + std::exp(-y)); }
+
+// sums of (x + e - shift) and its square over n values
+template <typename T>
+inline void shifted_sums(const T* x, int64_t n, double e_minus_shift, double* s1, double* s2) {
+  double a = 0, b = 0;
+  DC_SIMD_SUM2(a, b)
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = static_cast<double>(x[i]) + e_minus_shift;
+    a += v;
+    b += v * v;
+  }
+  *s1 += a;
+  *s2 += b;
+}
+
+template <typename T>
+inline void apply_row(const T* x, T* y, int64_t n, T scale, T shift, bool silu) {
+  if (silu) {
+    DC_SIMD for (int64_t i = 0; i < n; ++i) y[i] = silu_of<T>(x[i] * scale + shift);
+  } else {
+    DC_SIMD for (int64_t i = 0; i < n; ++i) y[i] = x[i] * scale + shift;
+  }
+}
+
+template <typename T>
+inline void apply_row_cl(const T* x, T* y, int64_t C, const T* scale, const T* shift, bool silu) {
+  if (silu) {
+    DC_SIMD for (int64_t c = 0; c < C; ++c) y[c] = silu_of<T>(x[c] * scale[c] + shift[c]);
+  } else {
+    DC_SIMD for (int64_t c = 0; c < C; ++c) y[c] = x[c] * scale[c] + shift[c];
+  }
+}
+
+DC_CLONES void sums_f32(const float* x, int64_t n, double e, double* s1, double* s2) { shifted_sums(x, n, e, s1, s2); }
+DC_CLONES void sums_f64(const double* x, int64_t n, double e, double* s1, double* s2) { shifted_sums(x, n, e, s1, s2); }
+DC_CLONES void row_f32(const float* x, float* y, int64_t n, float a, float b, bool s) { apply_row(x, y, n, a, b, s); }
+DC_CLONES void row_f64(const double* x, double* y, int64_t n, double a, double b, bool s) { apply_row(x, y, n, a, b, s); }
+DC_CLONES void row_cl_f32(const float* x, float* y, int64_t C, const float* a, const float* b, bool s) { apply_row_cl(x, y, C, a, b, s); }
+DC_CLONES void row_cl_f64(const double* x, double* y, int64_t C, const double* a, const double* b, bool s) { apply_row_cl(x, y, C, a, b, s); }
+
+inline void sums(const float* x, int64_t n, double e, double* s1, double* s2) { sums_f32(x, n, e, s1, s2); }
+inline void sums(const double* x, int64_t n, double e, double* s1, double* s2) { sums_f64(x, n, e, s1, s2); }
+inline void row(const float* x, float* y, int64_t n, float a, float b, bool s) { row_f32(x, y, n, a, b, s); }
+inline void row(const double* x, double* y, int64_t n, double a, double b, bool s) { row_f64(x, y, n, a, b, s); }
+inline void row_cl(const float* x, float* y, int64_t C, const float* a, const float* b, bool s) { row_cl_f32(x, y, C, a, b, s); }
+inline void row_cl(const double* x, double* y, int64_t C, const double* a, const double* b, bool s) { row_cl_f64(x, y, C, a, b, s); }
+
+void check_param(const c10::optional<at::Tensor>& p, const char* name, const at::Tensor& x, at::IntArrayRef shape) {
+  if (!p.has_value()) return;
+  TORCH_CHECK(p->device() == x.device(), "diffcore: ", name, " must be on x's device ", x.device(), "; got ", p->device());
+  TORCH_CHECK(p->scalar_type() == x.scalar_type(), "diffcore: ", name, " must have x's dtype ", x.scalar_type(),
+              "; got ", p->scalar_type());
+  TORCH_CHECK(p->sizes() == shape, "diffcore: ", name, " must have shape ", shape, "; got ", p->sizes());
+  TORCH_CHECK(p->is_contiguous(), "diffcore: ", name, " must be contiguous");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cpu(const at::Tensor& x, int64_t G,
+                                                                   const c10::optional<at::Tensor>& weight,
+                                                                   const c10::optional<at::Tensor>& bias, double eps,
+                                                                   const c10::optional<at::Tensor>& emb, bool silu) {
+  TORCH_CHECK(x.device().is_cpu(), "diffcore: x must be a CPU tensor for this implementation; got ", x.device());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "diffcore: x must be float32 or float64 for the native group_norm_silu; got ", x.scalar_type());
+  TORCH_CHECK(x.dim() >= 2, "diffcore: x must be [N, C, *spatial]; got shape ", x.sizes());
+  const int64_t N = x.size(0), C = x.size(1);
+  TORCH_CHECK(G >= 1 && C % G == 0, "diffcore: num_groups must be a positive integer dividing C = ", C, "; got ", G);
+  TORCH_CHECK(eps > 0, "diffcore: eps must be > 0; got ", eps);
+  check_param(weight, "weight", x, {C});
+  check_param(bias, "bias", x, {C});
+  check_param(emb, "emb", x, {N, C});
+  const bool cl = (x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) ||
+                  (x.dim() == 5 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast3d));
+  TORCH_CHECK(x.is_contiguous() || cl, "diffcore: x must be contiguous (NCHW) or channels_last; got strides ",
+              x.strides());
+  const int64_t HW = N * C ? x.numel() / (N * C) : 0;
+  const int64_t Cg = C / G;
+  auto y = at::empty_like(x);
+  auto stat_opts = x.options();
+  auto mean_t = at::empty({N, G}, stat_opts), rstd_t = at::empty({N, G}, stat_opts);
+  if (x.numel() == 0) return {y, mean_t, rstd_t};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::group_norm_silu", [&] {
+    using T = scalar_t;
+    const T* xp = x.data_ptr<T>();
+    T* yp = y.data_ptr<T>();
+    const T* wp = weight.has_value() ? weight->data_ptr<T>() : nullptr;
+    const T* bp = bias.has_value() ? bias->data_ptr<T>() : nullptr;
+    const T* ep = emb.has_value() ? emb->data_ptr<T>() : nullptr;
+    T* mp = mean_t.data_ptr<T>();
+    T* rp = rstd_t.data_ptr<T>();
+    const double cnt = static_cast<double>(Cg * HW);
+    auto finish = [&](int64_t n, int64_t g, double s1, double s2, double shift) {
+      const double m = s1 / cnt;
+      double var = s2 / cnt - m * m;
+      var = var < 0 ? 0 : var;
+      mp[n * G + g] = static_cast<T>(m + shift);
+      rp[n * G + g] = static_cast<T>(1.0 / std::sqrt(var + eps));
+    };
+    auto coefs = [&](int64_t n, int64_t c, T* scale, T* shift) {
+      const int64_t g = c / Cg;
+      const double rstd = static_cast<double>(rp[n * G + g]), mean = static_cast<double>(mp[n * G + g]);
+      const double w = wp ? static_cast<double>(wp[c]) : 1.0, b = bp ? static_cast<double>(bp[c]) : 0.0;
+      const double e = ep ? static_cast<double>(ep[n * C + c]) : 0.0;
+      const double sc = rstd * w;
+      *scale = static_cast<T>(sc);
+      *shift = static_cast<T>(b + (e - mean) * sc);
+    };
+    if (!cl) {
+      at::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t ng = begin; ng < end; ++ng) {
+          const int64_t n = ng / G, g = ng % G;
+          const T* base = xp + (n * C + g * Cg) * HW;
+          const double shift = static_cast<double>(base[0]) + (ep ? static_cast<double>(ep[n * C + g * Cg]) : 0.0);
+          double s1 = 0, s2 = 0;
+          for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+            const double e = ep ? static_cast<double>(ep[n * C + c]) : 0.0;
+            sums(xp + (n * C + c) * HW, HW, e - shift, &s1, &s2);
+          }
+          finish(n, g, s1, s2, shift);
+          for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+            T scale, sh;
+            coefs(n, c, &scale, &sh);
+            row(xp + (n * C + c) * HW, yp + (n * C + c) * HW, HW, scale, sh, silu);
+          }
+        }
+      });
+    } else {
+      at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+        std::vector<double> shift(G), s1(G), s2(G), a(C), b(C);
+        std::vector<T> scale(C), sh(C);
+        for (int64_t n = begin; n < end; ++n) {
+          const T* base = xp + n * HW * C;
+          for (int64_t g = 0; g < G; ++g) {
+            shift[g] = static_cast<double>(base[g * Cg]) + (ep ? static_cast<double>(ep[n * C + g * Cg]) : 0.0);
+            s1[g] = s2[g] = 0;
+          }
+          std::fill(a.begin(), a.end(), 0.0);
+          std::fill(b.begin(), b.end(), 0.0);
+          // per-channel shifted sums (shift of the channel's group), rows of C values
+          std::vector<double> off(C);
+          for (int64_t c = 0; c < C; ++c) off[c] = (ep ? static_cast<double>(ep[n * C + c]) : 0.0) - shift[c / Cg];
+          for (int64_t r = 0; r < HW; ++r) {
+            const T* row_p = base + r * C;
+            double* ap = a.data();
+            double* bq = b.data();
+            const double* op = off.data();
+            DC_SIMD for (int64_t c = 0; c < C; ++c) {
+              const double v = static_cast<double>(row_p[c]) + op[c];
+              ap[c] += v;
+              bq[c] += v * v;
+            }
+          }
+          for (int64_t c = 0; c < C; ++c) {
+            s1[c / Cg] += a[c];
+            s2[c / Cg] += b[c];
+          }
+          for (int64_t g = 0; g < G; ++g) finish(n, g, s1[g], s2[g], shift[g]);
+          for (int64_t c = 0; c < C; ++c) coefs(n, c, &scale[c], &sh[c]);
+          for (int64_t r = 0; r < HW; ++r) row_cl(base + r * C, yp + n * HW * C + r * C, C, scale.data(), sh.data(), silu);
+        }
+      });
+    }
+  });
+  return {y, mean_t, rstd_t};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(diffcore, CPU, m) { m.impl("group_norm_silu", &group_norm_silu_cpu); }
+
+}  // namespace diffcore

@@ -1,0 +1,372 @@
+// CPU implementations of the fused sampler steps and the noise ops (diffcore::*).
+// Each step is one pass over x: per-sample coefficients [B] (float64, rounded to x's
+// accumulation dtype as the reference rounds them), noise from z or drawn in-op from the
+// counter generator in chunks of kChunk elements (a multiple of 4: whole Philox groups).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "../common.h"
+#include "../philox.h"
+
+namespace diffcore {
+namespace {
+
+constexpr int64_t kChunk = 1024;
+constexpr int64_t kGrain = 32;   // chunks per task: small inputs stay on one thread
+
+template <typename T>
+void fill_noise(const NoiseAddress& a, int64_t e0, int64_t n, T* out) {
+  const uint32_t g0 = static_cast<uint32_t>(e0 / 4);
+  const int64_t groups = (n + 3) / 4;
+  DC_SIMD for (int64_t g = 0; g < groups; ++g) {
+    float q[4];
+    normal4(a, g0 + static_cast<uint32_t>(g), q);
+    out[4 * g] = static_cast<T>(q[0]);
+    out[4 * g + 1] = static_cast<T>(q[1]);
+    out[4 * g + 2] = static_cast<T>(q[2]);
+    out[4 * g + 3] = static_cast<T>(q[3]);
+  }
+}
+
+struct Noise {
+  const void* z = nullptr;         // noise like x, or
+  const int64_t* idx = nullptr;    // the address: sample_idx, seed, step, stream
+  uint64_t seed = 0;
+  uint32_t step = 0, stream = 0;
+};
+
+Noise make_noise(const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& idx, int64_t seed, int64_t step,
+                 int64_t stream) {
+  Noise n;
+  if (z.has_value()) {
+    n.z = z->data_ptr();
+  } else {
+    n.idx = idx->data_ptr<int64_t>();
+    n.seed = static_cast<uint64_t>(seed);
+    n.step = static_cast<uint32_t>(step);
+    n.stream = static_cast<uint32_t>(stream);
+  }
+  return n;
+}
+
+// f(b, e0, n, zp): elements [e0, e0 + n) of sample b with their noise zp (nullptr if no noise).
+template <typename T, typename F>
+void for_chunks(int64_t B, int64_t E, const Noise* noise, F&& f) {
+  if (B == 0 || E == 0) return;
+  const int64_t per = (E + kChunk - 1) / kChunk;
+  at::parallel_for(0, B * per, kGrain, [&](int64_t begin, int64_t end) {
+    alignas(64) T zbuf[kChunk + 4];
+    for (int64_t c = begin; c < end; ++c) {
+      const int64_t b = c / per, e0 = (c % per) * kChunk, n = std::min(kChunk, E - e0);
+      const T* zp = nullptr;
+      if (noise && noise->z) {
+        zp = static_cast<const T*>(noise->z) + b * E + e0;
+      } else if (noise) {
+        fill_noise(make_address(noise->seed, static_cast<uint64_t>(noise->idx[b]), noise->step, noise->stream), e0, n,
+                   zbuf);
+        zp = zbuf;
+      }
+      f(b, e0, n, zp);
+    }
+  });
+}
+
+template <typename T>
+inline T coef(const at::Tensor& c, int64_t b) {
+  return static_cast<T>(c.data_ptr<double>()[b]);
+}
+
+// ---- noise ------------------------------------------------------------------------------------
+void check_noise_args(const at::Tensor& idx, int64_t step, int64_t stream, int64_t numel) {
+  TORCH_CHECK(idx.device().is_cpu(), "diffcore: sample_idx must be a CPU tensor for this implementation");
+  TORCH_CHECK(idx.dim() == 1, "diffcore: sample_idx must be 1-D; got shape ", idx.sizes());
+  check_sample_idx(idx, idx.size(0), idx.device());
+  check_counter(step, stream);
+  TORCH_CHECK(numel >= 0 && numel / 4 < (int64_t(1) << 32), "diffcore: numel must lie in [0, 2^34); got ", numel);
+}
+
+at::Tensor philox_normal_cpu(int64_t seed, const at::Tensor& idx, int64_t step, int64_t stream, int64_t numel) {
+  check_noise_args(idx, step, stream, numel);
+  const int64_t B = idx.size(0);
+  auto out = at::empty({B, numel}, idx.options().dtype(at::kFloat));
+  float* o = out.data_ptr<float>();
+  Noise nz = make_noise(c10::nullopt, idx, seed, step, stream);
+  for_chunks<float>(B, numel, &nz, [&](int64_t b, int64_t e0, int64_t n, const float* zp) {
+    std::copy(zp, zp + n, o + b * numel + e0);
+  });
+  return out;
+}
+
+at::Tensor philox_uniform_cpu(int64_t seed, const at::Tensor& idx, int64_t step, int64_t stream, int64_t numel) {
+  check_noise_args(idx, step, stream, numel);
+  const int64_t B = idx.size(0);
+  auto out = at::empty({B, numel}, idx.options().dtype(at::kDouble));
+  double* o = out.data_ptr<double>();
+  const int64_t* ip = idx.data_ptr<int64_t>();
+  const int64_t groups = (numel + 3) / 4;
+  at::parallel_for(0, B * groups, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const int64_t b = c / groups, g = c % groups;
+      const Words4 w = philox_words(make_address(static_cast<uint64_t>(seed), static_cast<uint64_t>(ip[b]),
+                                                 static_cast<uint64_t>(step), static_cast<uint64_t>(stream)),
+                                    static_cast<uint32_t>(g));
+      const uint32_t ws[4] = {w.w0, w.w1, w.w2, w.w3};
+      for (int j = 0; j < 4 && 4 * g + j < numel; ++j) o[b * numel + 4 * g + j] = uniform_double(ws[j]);
+    }
+  });
+  return out;
+}
+
+// ---- steps ------------------------------------------------------------------------------------
+std::tuple<at::Tensor, at::Tensor> affine_step_cpu(const at::Tensor& x, const at::Tensor& score, const at::Tensor& a,
+                                                   const at::Tensor& b, const at::Tensor& std_,
+                                                   const c10::optional<at::Tensor>& z, int64_t seed,
+                                                   const c10::optional<at::Tensor>& idx, int64_t step, int64_t stream) {
+  check_float_x(x, "x", c10::DeviceType::CPU);
+  check_like(score, "score", x);
+  check_coef(a, "a", x);
+  check_coef(b, "b", x);
+  check_coef(std_, "std", x);
+  check_noise(z, idx, step, stream, x);
+  auto out = at::empty_like(x), mean = at::empty_like(x);
+  const int64_t B = x.size(0), E = per_sample(x);
+  Noise nz = make_noise(z, idx, seed, step, stream);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::affine_step", [&] {
+    using T = scalar_t;
+    const T* xp = x.data_ptr<T>();
+    const T* sp = score.data_ptr<T>();
+    T* op = out.data_ptr<T>();
+    T* mp = mean.data_ptr<T>();
+    for_chunks<T>(B, E, &nz, [&](int64_t s, int64_t e0, int64_t n, const T* zp) {
+      const T ca = coef<T>(a, s), cb = coef<T>(b, s), cs = coef<T>(std_, s);
+      const int64_t o = s * E + e0;
+      DC_SIMD for (int64_t i = 0; i < n; ++i) {
+        const T m = ca * xp[o + i] + cb * sp[o + i];
+        mp[o + i] = m;
+        op[o + i] = m + cs * zp[i];
+      }
+    });
+  });
+  return {out, mean};
+}
+
+at::Tensor heun_step_cpu(const at::Tensor& x, const at::Tensor& s1, const at::Tensor& xp_, const at::Tensor& s2,
+                         const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, const at::Tensor& d) {
+  check_float_x(x, "x", c10::DeviceType::CPU);
+  check_like(s1, "score1", x);
+  check_like(xp_, "x_pred", x);
+  check_like(s2, "score2", x);
+  check_coef(a, "a", x);
+  check_coef(b, "b", x);
+  check_coef(c, "c", x);
+  check_coef(d, "d", x);
+  auto out = at::empty_like(x);
+  const int64_t B = x.size(0), E = per_sample(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::heun_step", [&] {
+    using T = scalar_t;
+    const T *xp = x.data_ptr<T>(), *p1 = s1.data_ptr<T>(), *pp = xp_.data_ptr<T>(), *p2 = s2.data_ptr<T>();
+    T* op = out.data_ptr<T>();
+    for_chunks<T>(B, E, nullptr, [&](int64_t s, int64_t e0, int64_t n, const T*) {
+      const T ca = coef<T>(a, s), cb = coef<T>(b, s), cc = coef<T>(c, s), cd = coef<T>(d, s);
+      const int64_t o = s * E + e0;
+      DC_SIMD for (int64_t i = 0; i < n; ++i)
+        op[o + i] = ca * xp[o + i] + cb * p1[o + i] + cc * pp[o + i] + cd * p2[o + i];
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ddpm_step_cpu(
+    const at::Tensor& x, const at::Tensor& eps, const at::Tensor& sra, const at::Tensor& srm1, const at::Tensor& cx0,
+    const at::Tensor& cxt, const at::Tensor& log_var, const c10::optional<at::Tensor>& v,
+    const c10::optional<at::Tensor>& log_var_max, bool clip, const c10::optional<at::Tensor>& z, int64_t seed,
+    const c10::optional<at::Tensor>& idx, int64_t step, int64_t stream) {
+  check_float_x(x, "x", c10::DeviceType::CPU);
+  check_like(eps, "eps", x);
+  check_coef(sra, "sqrt_recip_abar", x);
+  check_coef(srm1, "sqrt_recipm1_abar", x);
+  check_coef(cx0, "coef_x0", x);
+  check_coef(cxt, "coef_xt", x);
+  check_coef(log_var, "log_var", x);
+  TORCH_CHECK(v.has_value() == log_var_max.has_value(), "diffcore: v and log_var_max go together (learned_range)");
+  if (v.has_value()) {
+    check_like(*v, "v", x);
+    check_coef(*log_var_max, "log_var_max", x);
+  }
+  check_noise(z, idx, step, stream, x);
+  auto out = at::empty_like(x), mean = at::empty_like(x), px0 = at::empty_like(x);
+  const int64_t B = x.size(0), E = per_sample(x);
+  Noise nz = make_noise(z, idx, seed, step, stream);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::ddpm_step", [&] {
+    using T = scalar_t;
+    const T *xp = x.data_ptr<T>(), *ep = eps.data_ptr<T>();
+    const T* vp = v.has_value() ? v->data_ptr<T>() : nullptr;
+    T *op = out.data_ptr<T>(), *mp = mean.data_ptr<T>(), *x0p = px0.data_ptr<T>();
+    for_chunks<T>(B, E, &nz, [&](int64_t s, int64_t e0, int64_t n, const T* zp) {
+      const T c1 = coef<T>(sra, s), c2 = coef<T>(srm1, s), c3 = coef<T>(cx0, s), c4 = coef<T>(cxt, s);
+      const T lv = coef<T>(log_var, s);
+      const int64_t o = s * E + e0;
+      if (vp) {
+        const T lvmax = coef<T>(*log_var_max, s);
+        for (int64_t i = 0; i < n; ++i) {
+          T x0 = c1 * xp[o + i] - c2 * ep[o + i];
+          if (clip) x0 = std::min(std::max(x0, T(-1)), T(1));
+          const T m = c3 * x0 + c4 * xp[o + i];
+          const T frac = (vp[o + i] + T(1)) / T(2);
+          const T l = frac * lvmax + (T(1) - frac) * lv;
+          x0p[o + i] = x0;
+          mp[o + i] = m;
+          op[o + i] = m + std::exp(T(0.5) * l) * zp[i];
+        }
+        return;
+      }
+      const T sd = std::exp(T(0.5) * lv);
+      DC_SIMD for (int64_t i = 0; i < n; ++i) {
+        T x0 = c1 * xp[o + i] - c2 * ep[o + i];
+        if (clip) x0 = x0 < T(-1) ? T(-1) : (x0 > T(1) ? T(1) : x0);
+        const T m = c3 * x0 + c4 * xp[o + i];
+        x0p[o + i] = x0;
+        mp[o + i] = m;
+        op[o + i] = m + sd * zp[i];
+      }
+    });
+  });
+  return {out, mean, px0};
+}
+
+std::tuple<at::Tensor, at::Tensor> ddim_step_cpu(const at::Tensor& x, const at::Tensor& eps, const at::Tensor& abar_t,
+                                                 const at::Tensor& abar_prev, const at::Tensor& eta, bool clip,
+                                                 const c10::optional<at::Tensor>& z, int64_t seed,
+                                                 const c10::optional<at::Tensor>& idx, int64_t step, int64_t stream) {
+  check_float_x(x, "x", c10::DeviceType::CPU);
+  check_like(eps, "eps", x);
+  check_coef(abar_t, "abar_t", x);
+  check_coef(abar_prev, "abar_prev", x);
+  check_coef(eta, "eta", x);
+  check_noise(z, idx, step, stream, x);
+  auto out = at::empty_like(x), px0 = at::empty_like(x);
+  const int64_t B = x.size(0), E = per_sample(x);
+  Noise nz = make_noise(z, idx, seed, step, stream);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::ddim_step", [&] {
+    using T = scalar_t;
+    const T *xp = x.data_ptr<T>(), *ep = eps.data_ptr<T>();
+    T *op = out.data_ptr<T>(), *x0p = px0.data_ptr<T>();
+    for_chunks<T>(B, E, &nz, [&](int64_t s, int64_t e0, int64_t n, const T* zp) {
+      const T at_ = coef<T>(abar_t, s), ap = coef<T>(abar_prev, s), et = coef<T>(eta, s);
+      const T sq1 = std::sqrt(T(1) - at_), sqa = std::sqrt(at_), sqp = std::sqrt(ap);
+      const T sd = et * std::sqrt((T(1) - ap) / (T(1) - at_) * (T(1) - at_ / ap));
+      T rest = T(1) - ap - sd * sd;
+      rest = std::sqrt(rest < T(0) ? T(0) : rest);
+      const int64_t o = s * E + e0;
+      DC_SIMD for (int64_t i = 0; i < n; ++i) {
+        T x0 = (xp[o + i] - sq1 * ep[o + i]) / sqa;
+        if (clip) x0 = x0 < T(-1) ? T(-1) : (x0 > T(1) ? T(1) : x0);
+        x0p[o + i] = x0;
+        op[o + i] = sqp * x0 + rest * ep[o + i] + sd * zp[i];
+      }
+    });
+  });
+  return {out, px0};
+}
+
+std::tuple<at::Tensor, at::Tensor> langevin_step_cpu(const at::Tensor& x, const at::Tensor& score,
+                                                     const at::Tensor& alpha, double snr, bool batch_norm,
+                                                     const c10::optional<at::Tensor>& z, int64_t seed,
+                                                     const c10::optional<at::Tensor>& idx, int64_t step,
+                                                     int64_t stream) {
+  check_float_x(x, "x", c10::DeviceType::CPU);
+  check_like(score, "score", x);
+  check_coef(alpha, "alpha", x);
+  TORCH_CHECK(snr > 0, "diffcore: snr must be > 0; got ", snr);
+  check_noise(z, idx, step, stream, x);
+  auto out = at::empty_like(x), mean = at::empty_like(x);
+  const int64_t B = x.size(0), E = per_sample(x);
+  if (B == 0) return {out, mean};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::langevin_step", [&] {
+    using T = scalar_t;
+    const T *xp = x.data_ptr<T>(), *sp = score.data_ptr<T>();
+    T *op = out.data_ptr<T>(), *mp = mean.data_ptr<T>();
+    // pass 1: the noise (drawn into `out`) and both norms per sample
+    std::vector<double> gn(B), zn(B);
+    const T* zsrc = z.has_value() ? z->data_ptr<T>() : op;
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t s = begin; s < end; ++s) {
+        if (!z.has_value()) {
+          const NoiseAddress addr = make_address(static_cast<uint64_t>(seed), static_cast<uint64_t>((*idx).data_ptr<int64_t>()[s]),
+                                                 static_cast<uint64_t>(step), static_cast<uint64_t>(stream));
+          alignas(64) T buf[kChunk + 4];
+          for (int64_t e0 = 0; e0 < E; e0 += kChunk) {
+            const int64_t n = std::min(kChunk, E - e0);
+            fill_noise(addr, e0, n, buf);
+            std::copy(buf, buf + n, op + s * E + e0);
+          }
+        }
+        double g2 = 0, z2 = 0;
+        const T* srow = sp + s * E;
+        const T* zrow = zsrc + s * E;
+        DC_SIMD for (int64_t i = 0; i < E; ++i) {
+          g2 += static_cast<double>(srow[i]) * srow[i];
+          z2 += static_cast<double>(zrow[i]) * zrow[i];
+        }
+        gn[s] = static_cast<double>(static_cast<T>(std::sqrt(g2)));
+        zn[s] = static_cast<double>(static_cast<T>(std::sqrt(z2)));
+      }
+    });
+    if (batch_norm) {
+      double g = 0, n = 0;
+      for (int64_t s = 0; s < B; ++s) { g += gn[s]; n += zn[s]; }
+      const double gm = static_cast<double>(static_cast<T>(g / B)), nm = static_cast<double>(static_cast<T>(n / B));
+      std::fill(gn.begin(), gn.end(), gm);
+      std::fill(zn.begin(), zn.end(), nm);
+    }
+    // pass 2: step = 2 alpha (snr |z| / |score|)^2; x_mean = x + step score; x = x_mean + sqrt(2 step) z
+    for_chunks<T>(B, E, nullptr, [&](int64_t s, int64_t e0, int64_t n, const T*) {
+      const T q = static_cast<T>(snr) * static_cast<T>(zn[s]) / static_cast<T>(gn[s]);
+      const T st = T(2) * coef<T>(alpha, s) * (q * q);
+      const T sd = std::sqrt(T(2) * st);
+      const int64_t o = s * E + e0;
+      const T* zp = zsrc + o;
+      DC_SIMD for (int64_t i = 0; i < n; ++i) {
+        const T m = xp[o + i] + st * sp[o + i];
+        mp[o + i] = m;
+        op[o + i] = m + sd * zp[i];
+      }
+    });
+  });
+  return {out, mean};
+}
+
+at::Tensor residual_add_cpu(const at::Tensor& skip, const at::Tensor& h, double scale) {
+  check_float_x(h, "h", c10::DeviceType::CPU);
+  check_like(skip, "skip", h);
+  auto out = at::empty_like(h);
+  const int64_t N = h.numel();
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "diffcore::residual_add", [&] {
+    using T = scalar_t;
+    const T *a = skip.data_ptr<T>(), *b = h.data_ptr<T>();
+    T* o = out.data_ptr<T>();
+    const T sc = static_cast<T>(scale);
+    at::parallel_for(0, N, 32768, [&](int64_t begin, int64_t end) {
+      DC_SIMD for (int64_t i = begin; i < end; ++i) o[i] = (a[i] + b[i]) * sc;
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(diffcore, CPU, m) {
+  m.impl("philox_normal", &philox_normal_cpu);
+  m.impl("philox_uniform", &philox_uniform_cpu);
+  m.impl("affine_step", &affine_step_cpu);
+  m.impl("heun_step", &heun_step_cpu);
+  m.impl("ddpm_step", &ddpm_step_cpu);
+  m.impl("ddim_step", &ddim_step_cpu);
+  m.impl("langevin_step", &langevin_step_cpu);
+  m.impl("residual_add", &residual_add_cpu);
+}
+
+}  // namespace diffcore
