@@ -83,3 +83,15 @@ def load_noise(Z_ptr, IDX_ptr, b, g, off, mask, seed_lo, seed_hi, step, stream,
         z = normal_tile(g, sample, step, stream, seed_lo, seed_hi).to(X_DTYPE).to(ACC)
         z = tl.where(mask, z, 0.0)
     return z
+
+
+def out_buffers(out, x2: torch.Tensor, k: int):
+    """k output buffers for a step on x2 [B, M]: new ones, or the caller's `out` (a tensor or
+    a tuple of k contiguous tensors of x's dtype and size, e.g. NaN-poisoned by a test)."""
+    if out is None:
+        return tuple(torch.empty_like(x2) for _ in range(k))
+    out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+    if len(out) != k or any(not o.is_contiguous() or o.numel() != x2.numel() or o.dtype != x2.dtype
+                            or o.device != x2.device for o in out):
+        raise ValueError(f"out must be {k} contiguous tensor(s) of x's size, dtype and device")
+    return out

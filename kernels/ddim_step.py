@@ -12,7 +12,8 @@ import triton.language as tl
 
 from diffcore.ops import ddim_step_reference as reference  # noqa: F401
 
-from ._common import STEP_BLOCK_G, acc_dtype, coef, load_noise, noise_args, per_sample, split_seed, step_grid, step_tile, tl_acc
+from ._common import (STEP_BLOCK_G, acc_dtype, coef, load_noise, noise_args, out_buffers,
+                      per_sample, split_seed, step_grid, step_tile, tl_acc)
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "step", "stream"])
@@ -49,7 +50,7 @@ def ddim_step_forward(x, eps, abar_t, abar_prev, eta, z=None, sample_idx=None, s
     x2 = per_sample(x)
     B, M = x2.shape
     zz, idx, *addr, has_z = noise_args(x2, z, sample_idx, seed_lo, seed_hi, step, stream)
-    outs = out if out is not None else (torch.empty_like(x2), torch.empty_like(x2))
+    outs = out_buffers(out, x2, 2)
     if B * M:
         grid, nblocks = step_grid(B, M)
         _ddim_step_kernel[grid](x2, per_sample(eps), zz, idx, *(coef(t, acc) for t in (abar_t, abar_prev, eta)),

@@ -13,7 +13,8 @@ import triton
 
 from diffcore.ops import ddpm_step_reference as reference  # noqa: F401
 
-from ._common import STEP_BLOCK_G, acc_dtype, coef, load_noise, noise_args, per_sample, split_seed, step_grid, step_tile, tl_acc
+from ._common import (STEP_BLOCK_G, acc_dtype, coef, load_noise, noise_args, out_buffers,
+                      per_sample, split_seed, step_grid, step_tile, tl_acc)
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "step", "stream"])
@@ -58,7 +59,7 @@ def ddpm_step_forward(x, eps, sqrt_recip_abar, sqrt_recipm1_abar, coef_x0, coef_
     if v is not None and log_var_max is None:
         raise ValueError("v (learned_range) needs log_var_max")
     zz, idx, *addr, has_z = noise_args(x2, z, sample_idx, seed_lo, seed_hi, step, stream)
-    outs = out if out is not None else tuple(torch.empty_like(x2) for _ in range(3))
+    outs = out_buffers(out, x2, 3)
     lv = coef(log_var, acc)
     if B * M:
         grid, nblocks = step_grid(B, M)

@@ -8,7 +8,8 @@ import triton.language as tl
 
 from diffcore.ops import heun_step_reference as reference  # noqa: F401
 
-from ._common import STEP_BLOCK_G, acc_dtype, coef, per_sample, step_grid, step_tile, tl_acc
+from ._common import (STEP_BLOCK_G, acc_dtype, coef, out_buffers, per_sample, step_grid,
+                      step_tile, tl_acc)
 
 
 @triton.jit
@@ -32,7 +33,7 @@ def heun_step_forward(x, score1, x_pred, score2, a, b, c, d, *, out=None):
     acc = acc_dtype(x.dtype)
     x2 = per_sample(x)
     B, M = x2.shape
-    o = torch.empty_like(x2) if out is None else out
+    (o,) = out_buffers(out, x2, 1)
     if B * M:
         grid, nblocks = step_grid(B, M)
         _heun_step_kernel[grid](x2, per_sample(score1), per_sample(x_pred), per_sample(score2),

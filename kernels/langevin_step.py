@@ -13,7 +13,8 @@ import triton.language as tl
 
 from diffcore.ops import langevin_step_reference as reference  # noqa: F401
 
-from ._common import STEP_BLOCK_G, acc_dtype, coef, load_noise, noise_args, per_sample, split_seed, step_grid, step_tile, tl_acc
+from ._common import (STEP_BLOCK_G, acc_dtype, coef, load_noise, noise_args, out_buffers,
+                      per_sample, split_seed, step_grid, step_tile, tl_acc)
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "step", "stream"])
@@ -64,7 +65,7 @@ def langevin_step_forward(x, score, alpha, snr, z=None, sample_idx=None, seed_lo
     x2, s2 = per_sample(x), per_sample(score)
     B, M = x2.shape
     zz, idx, *addr, has_z = noise_args(x2, z, sample_idx, seed_lo, seed_hi, step, stream)
-    o, m = out if out is not None else (torch.empty_like(x2), torch.empty_like(x2))
+    o, m = out_buffers(out, x2, 2)
     if B * M == 0:
         return o.view(x.shape), m.view(x.shape)
     grid, nblocks = step_grid(B, M)
