@@ -1,0 +1,88 @@
+"""diffcore.kernels as an op-table backend: IMPLS names and signatures, available(), a clean
+ImportError without triton, and the GPU part of the check script skipping without CUDA."""
+import inspect
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+import diffcore.kernels as K  # noqa: E402
+from diffcore import ops  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_impls_cover_the_op_table_with_the_reference_signatures():
+    assert set(K.IMPLS) == set(ops.REFERENCE)
+    for name, impl in K.IMPLS.items():
+        ref = list(inspect.signature(ops.REFERENCE[name]).parameters)
+        got = list(inspect.signature(impl).parameters)
+        if "z" in ref:   # step ops: the reference's arguments, then noise_address after z
+            i = ref.index("z") + 1
+            assert got == ref[:i] + ["noise_address"] + ref[i:], name
+        else:
+            assert got == ref, name
+
+
+def test_available():
+    assert K.available("cpu") == K.INTERPRET
+    assert K.available(torch.device("meta")) is False
+    if not torch.cuda.is_available():
+        assert K.available("cuda") is False
+
+
+def test_ops_route_to_triton_on_cpu_only_when_asked_under_the_interpreter():
+    cpu = torch.device("cpu")
+    assert ops.resolve("group_norm_silu", cpu) != "triton"   # CPU default: native or torch
+    if K.INTERPRET:
+        assert ops.resolve("group_norm_silu", cpu, "triton") == "triton"
+    else:
+        with pytest.raises(RuntimeError, match="triton"):
+            ops.resolve("group_norm_silu", cpu, "triton")
+
+
+def test_every_op_is_a_custom_op_in_the_diffcore_triton_namespace():
+    for name in ops.REFERENCE:
+        assert isinstance(getattr(torch.ops.diffcore_triton, name), torch._ops.OpOverloadPacket)
+
+
+def test_missing_triton_is_a_clean_import_error_and_ops_fall_back():
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['triton'] = None\n"          # import triton now raises ImportError
+        "try:\n"
+        "    import diffcore.kernels\n"
+        "except ImportError as e:\n"
+        "    assert 'triton' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('imported without triton')\n"
+        "import torch\n"
+        "from diffcore import ops\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    assert ops._backend_module('triton') is None\n"
+        "    assert ops._backend_module('triton') is None\n"
+        "assert len([x for x in w if 'triton backend is unavailable' in str(x.message)]) == 1, [str(x.message) for x in w]\n"
+        "y = ops.residual_add(torch.ones(3), torch.ones(3), 0.5)\n"
+        "assert torch.equal(y, torch.ones(3))\n"
+        "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
+def test_gpu_part_script_skips_cleanly_without_cuda(tmp_path):
+    out = tmp_path / "gpu"
+    r = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_kernels_part.sh"), str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": ROOT, "PYTHON": sys.executable})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "skip" in r.stdout.lower()
+    assert "no CUDA" in (out / "kernels_summary.txt").read_text()
