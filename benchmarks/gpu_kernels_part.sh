@@ -27,14 +27,18 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 note() { echo "$*" | tee -a "$SUMMARY"; }
 
-if ! "$PY" -c "import torch" >/dev/null 2>&1; then
-    note "kernels: skip (torch is not importable by $PY; set PYTHON=...)"
-    exit 0
-fi
-if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)" >/dev/null 2>&1; then
-    note "kernels: skip (no CUDA device here)"
-    exit 0
-fi
+"$PY" -c "
+import sys
+try:
+    import torch
+except Exception:
+    sys.exit(2)
+sys.exit(0 if torch.cuda.is_available() else 3)" >/dev/null 2>&1
+case $? in
+    0) ;;
+    3) note "kernels: skip (no CUDA device here)"; exit 0 ;;
+    *) note "kernels: skip (torch is not importable by $PY; set PYTHON=...)"; exit 0 ;;
+esac
 if ! "$PY" -c "import triton" >/dev/null 2>&1; then
     note "kernels: skip (triton is not importable)"
     exit 0
