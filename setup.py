@@ -59,7 +59,7 @@ def extension_config():
     if with_cuda:
         os.environ["TORCH_CUDA_ARCH_LIST"] = os.environ.get("DIFFCORE_CUDA_ARCH") or \
             os.environ.get("TORCH_CUDA_ARCH_LIST") or "8.0;9.0"
-    cxx = ["-O3", "-fopenmp", f"-DDIFFCORE_SOURCE_HASH={source_hash()}"]
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", f"-DDIFFCORE_SOURCE_HASH={source_hash()}"]
     if os.environ.get("DIFFCORE_NATIVE_ARCH") == "1":
         cxx.append("-march=native")
     if with_cuda:

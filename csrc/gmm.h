@@ -154,17 +154,27 @@ DC_HD void score_per_lane(int K, int D, const T* gm_mu, const T* gm_var, const T
 }
 
 // z rows <- diffcore.noise.normal(seed, idx, step, (D,), stream) for the lanes (idx[l]: the
-// lane's global sample index).
+// lane's global sample index). z must have 4 * ceil(D / 4) rows (Rows::Dpad).
 template <typename T>
 DC_HD void draw_lanes(uint64_t seed, const int64_t* idx, uint32_t step, uint32_t stream, int D, T* z, int S,
                       int l0, int l1) {
   const int groups = (D + 3) / 4;
   for (int gi = 0; gi < groups; ++gi) {
+    if (D - 4 * gi <= 2) {   // the last group needs one Box-Muller pair only
+      DC_SIMD for (int l = l0; l < l1; ++l) {
+        const Float4 q = normal2(make_address(seed, static_cast<uint64_t>(idx[l]), step, stream), static_cast<uint32_t>(gi));
+        z[(4 * gi) * S + l] = static_cast<T>(q.z0);
+        z[(4 * gi + 1) * S + l] = static_cast<T>(q.z1);
+      }
+      continue;
+    }
     DC_SIMD for (int l = l0; l < l1; ++l) {
-      float q[4];
-      normal4(make_address(seed, static_cast<uint64_t>(idx[l]), step, stream), static_cast<uint32_t>(gi), q);
-      for (int j = 0; j < 4; ++j)
-        if (4 * gi + j < D) z[(4 * gi + j) * S + l] = static_cast<T>(q[j]);
+      const Float4 q = normal4(make_address(seed, static_cast<uint64_t>(idx[l]), step, stream), static_cast<uint32_t>(gi));
+      // z has 4 * groups rows: the padding rows take the group's unused slots
+      z[(4 * gi) * S + l] = static_cast<T>(q.z0);
+      z[(4 * gi + 1) * S + l] = static_cast<T>(q.z1);
+      z[(4 * gi + 2) * S + l] = static_cast<T>(q.z2);
+      z[(4 * gi + 3) * S + l] = static_cast<T>(q.z3);
     }
   }
 }

@@ -49,12 +49,14 @@ struct Words4 {
 
 // Philox4x32 with 10 rounds on counter (c0, c1, c2, c3) and key (k0, k1).
 DC_HD Words4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
+  // 10 rounds; the key is bumped after each (the bump after the last one is unused), which
+  // keeps the loop free of branches so lane loops around it vectorise.
+#if defined(__CUDA_ARCH__)
 #pragma unroll
+#elif !defined(__CUDACC__)
+#pragma GCC unroll 10
+#endif
   for (int r = 0; r < 10; ++r) {
-    if (r) {
-      k0 += kPhiloxW0;
-      k1 += kPhiloxW1;
-    }
     const uint64_t p0 = static_cast<uint64_t>(c0) * kPhiloxM0;
     const uint64_t p1 = static_cast<uint64_t>(c2) * kPhiloxM1;
     const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
@@ -64,6 +66,8 @@ DC_HD Words4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, u
     c1 = lo1;
     c2 = n2;
     c3 = lo0;
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
   }
   return {c0, c1, c2, c3};
 }
@@ -93,20 +97,24 @@ DC_HD double uniform_double(uint32_t w) {
 DC_HD uint32_t float_bits(float f) {
 #if defined(__CUDA_ARCH__)
   return __float_as_uint(f);
-#else
+#elif defined(__CUDACC__)
   uint32_t u;
   std::memcpy(&u, &f, sizeof u);
   return u;
+#else
+  return __builtin_bit_cast(uint32_t, f);
 #endif
 }
 
 DC_HD float bits_float(uint32_t u) {
 #if defined(__CUDA_ARCH__)
   return __uint_as_float(u);
-#else
+#elif defined(__CUDACC__)
   float f;
   std::memcpy(&f, &u, sizeof f);
   return f;
+#else
+  return __builtin_bit_cast(float, u);
 #endif
 }
 
@@ -116,7 +124,8 @@ DC_HD float log_float(float u) {
   int e = static_cast<int>(b >> 23) - 127;
   float mf = bits_float((b & 0x007FFFFFu) | 0x3F800000u);   // [1, 2)
   const bool big = mf > 1.41421356f;
-  mf = big ? mf * 0.5f : mf;                                // [0.707, 1.414)
+  const float half = mf * 0.5f;                             // unconditional: selects, no branches
+  mf = big ? half : mf;                                     // [0.707, 1.414)
   e = big ? e + 1 : e;
   const double m = static_cast<double>(mf);
   const double s = (m - 1.0) / (m + 1.0);
@@ -144,8 +153,13 @@ DC_HD void sincos_float(float theta, float* s_out, float* c_out) {
   *c_out = static_cast<float>(cv);
 }
 
+struct Float4 {
+  float z0, z1, z2, z3;
+};
+
 // The four float32 normals of one Philox call (slots 0..3), as diffcore.noise.normal.
-DC_HD void box_muller4(const Words4& w, float* z) {
+// Returned by value (no arrays): lane loops around it stay vectorisable.
+DC_HD Float4 box_muller4(const Words4& w) {
   const float u0 = static_cast<float>(uniform_double(w.w0));
   const float u1 = static_cast<float>(uniform_double(w.w1));
   const float u2 = static_cast<float>(uniform_double(w.w2));
@@ -156,14 +170,20 @@ DC_HD void box_muller4(const Words4& w, float* z) {
   float s01, c01, s23, c23;
   sincos_float(two_pi * u1, &s01, &c01);
   sincos_float(two_pi * u3, &s23, &c23);
-  z[0] = r01 * c01;
-  z[1] = r01 * s01;
-  z[2] = r23 * c23;
-  z[3] = r23 * s23;
+  return {r01 * c01, r01 * s01, r23 * c23, r23 * s23};
 }
 
-DC_HD void normal4(const NoiseAddress& a, uint32_t group, float* z) {
-  box_muller4(philox_words(a, group), z);
+DC_HD Float4 normal4(const NoiseAddress& a, uint32_t group) { return box_muller4(philox_words(a, group)); }
+
+// Slots 0 and 1 only (z2 = z3 = 0): for a last group that needs at most two elements.
+DC_HD Float4 normal2(const NoiseAddress& a, uint32_t group) {
+  const Words4 w = philox_words(a, group);
+  const float u0 = static_cast<float>(uniform_double(w.w0));
+  const float u1 = static_cast<float>(uniform_double(w.w1));
+  const float r01 = sqrtf(-2.0f * log_float(u0));
+  float s01, c01;
+  sincos_float(6.283185307179586f * u1, &s01, &c01);
+  return {r01 * c01, r01 * s01, 0.0f, 0.0f};
 }
 
 }  // namespace diffcore

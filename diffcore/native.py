@@ -76,7 +76,7 @@ def cuda_sources(root: str = CSRC) -> list[str]:
 
 def compile_flags(src_hash: str, cuda: bool) -> tuple[list[str], list[str], list[str]]:
     """(C++ flags, nvcc flags, link flags) of the extension (setup.py uses the same)."""
-    cxx = ["-O3", "-fopenmp", f"-DDIFFCORE_SOURCE_HASH={src_hash}"]
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", f"-DDIFFCORE_SOURCE_HASH={src_hash}"]
     if os.environ.get("DIFFCORE_NATIVE_ARCH") == "1":
         cxx.append("-march=native")
     nvcc = ["-O3", "--use_fast_math", "-lineinfo"] if cuda else []

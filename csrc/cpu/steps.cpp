@@ -22,12 +22,11 @@ void fill_noise(const NoiseAddress& a, int64_t e0, int64_t n, T* out) {
   const uint32_t g0 = static_cast<uint32_t>(e0 / 4);
   const int64_t groups = (n + 3) / 4;
   DC_SIMD for (int64_t g = 0; g < groups; ++g) {
-    float q[4];
-    normal4(a, g0 + static_cast<uint32_t>(g), q);
-    out[4 * g] = static_cast<T>(q[0]);
-    out[4 * g + 1] = static_cast<T>(q[1]);
-    out[4 * g + 2] = static_cast<T>(q[2]);
-    out[4 * g + 3] = static_cast<T>(q[3]);
+    const Float4 q = normal4(a, g0 + static_cast<uint32_t>(g));
+    out[4 * g] = static_cast<T>(q.z0);
+    out[4 * g + 1] = static_cast<T>(q.z1);
+    out[4 * g + 2] = static_cast<T>(q.z2);
+    out[4 * g + 3] = static_cast<T>(q.z3);
   }
 }
 
