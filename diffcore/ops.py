@@ -6,6 +6,10 @@ result), "native" (the C++/CUDA extension diffcore._C, through diffcore.native) 
 
     IMPLS: dict[str, callable]     op name -> implementation with the reference's signature
     def available(device) -> bool  whether it can run on that device here
+    DIFFERENTIABLE: set[str]       ops whose implementation supports autograd (optional)
+
+A call that needs gradients (grad mode on and an input requiring grad) goes only to a backend
+that lists the op in DIFFERENTIABLE; otherwise the reference, which autograd handles, runs it.
 
 The default order is triton, native, torch on CUDA and native, torch on CPU (Triton runs on
 CPU only under TRITON_INTERPRET=1, and only when asked for). `backend=` or the environment
@@ -47,16 +51,23 @@ def _backend_module(name: str):
     return _loaded[name]
 
 
-def _has(name: str, op: str, device: torch.device) -> bool:
+def _has(name: str, op: str, device: torch.device, needs_grad: bool = False) -> bool:
     mod = _backend_module(name)
-    return mod is not None and op in getattr(mod, "IMPLS", {}) and bool(mod.available(device))
+    if mod is None or op not in getattr(mod, "IMPLS", {}) or not mod.available(device):
+        return False
+    return not needs_grad or op in getattr(mod, "DIFFERENTIABLE", ())
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
 # Under torch.compile the choice is made once at trace time (the backend module may be
 # imported there, which dynamo cannot trace): without this, a compiled first call fails.
 @torch.compiler.assume_constant_result
-def resolve(op: str, device: torch.device, backend: str | None = None) -> str:
-    """The backend that runs `op` on `device`: explicit > DIFFCORE_BACKEND > fastest present."""
+def resolve(op: str, device: torch.device, backend: str | None = None, needs_grad: bool = False) -> str:
+    """The backend that runs `op` on `device`: explicit > DIFFCORE_BACKEND > fastest present
+    (among those that support autograd for it when the call needs gradients)."""
     asked = backend if backend is not None else (os.environ.get("DIFFCORE_BACKEND") or None)
     if asked is not None:
         check_choice("backend" if backend is not None else "DIFFCORE_BACKEND", asked, BACKENDS + ("auto",))
@@ -66,16 +77,18 @@ def resolve(op: str, device: torch.device, backend: str | None = None) -> str:
             if not _has(asked, op, device):
                 raise RuntimeError(f"backend={asked!r} cannot run {op} on {device.type} here "
                                    f"(not built, not importable, or no such op); use 'torch' or 'auto'")
+            if needs_grad and not _has(asked, op, device, True):
+                return "torch"  # that backend has no backward for this op: autograd runs the reference
             return asked
     order = ("triton", "native") if device.type == "cuda" else ("native",)
     for name in order:
-        if _has(name, op, device):
+        if _has(name, op, device, needs_grad):
             return name
     return "torch"
 
 
-def _impl(op: str, device: torch.device, backend: str | None):
-    name = resolve(op, device, backend)
+def _impl(op: str, device: torch.device, backend: str | None, *inputs):
+    name = resolve(op, device, backend, _needs_grad(*inputs))
     return REFERENCE[op] if name == "torch" else _loaded[name].IMPLS[op]
 
 
@@ -255,9 +268,9 @@ REFERENCE = {
 # when z is None, and must produce diffcore.noise.normal's numbers for it.
 
 
-def _step_noise(op, x, noise, seed, sample_idx, step, stream, backend):
+def _step_noise(op, x, noise, seed, sample_idx, step, stream, backend, *inputs):
     """(backend name, z, address): the torch reference always materialises z."""
-    name = resolve(op, x.device, backend)
+    name = resolve(op, x.device, backend, _needs_grad(x, *inputs))
     if noise is not None or name == "torch":
         return name, draw_noise(x, noise, seed, sample_idx, step, stream), None
     if seed is None or sample_idx is None:
@@ -278,14 +291,15 @@ def group_norm_silu(x, num_groups, weight=None, bias=None, eps=1e-5, emb=None, s
     """SiLU(GroupNorm(x + emb)) in one pass (emb: [N, C], added before the statistics).
     silu=False gives plain GroupNorm. Differentiable on every backend."""
     _check_norm_args(x, num_groups, weight, bias, eps, emb)
-    return _impl("group_norm_silu", x.device, backend)(x, num_groups, weight, bias, eps, emb, silu)
+    impl = _impl("group_norm_silu", x.device, backend, x, weight, bias, emb)
+    return impl(x, num_groups, weight, bias, eps, emb, silu)
 
 
 def residual_add(skip, h, scale=1.0, *, backend=None):
     """(skip + h) * scale: the residual block's epilogue (scale 1/sqrt(2) for skip rescaling)."""
     _tensor("h", h)
     _same("skip", skip, h)
-    return _impl("residual_add", h.device, backend)(skip, h, float(scale))
+    return _impl("residual_add", h.device, backend, skip, h)(skip, h, float(scale))
 
 
 def affine_step(x, score, a, b, std, *, noise=None, seed=None, sample_idx=None, step=0, stream=0, backend=None):
@@ -295,7 +309,7 @@ def affine_step(x, score, a, b, std, *, noise=None, seed=None, sample_idx=None, 
     _tensor("x", x)
     _same("score", score, x)
     a, b, std = (_per_sample(n, c, x) for n, c in (("a", a), ("b", b), ("std", std)))
-    name, z, addr = _step_noise("affine_step", x, noise, seed, sample_idx, step, stream, backend)
+    name, z, addr = _step_noise("affine_step", x, noise, seed, sample_idx, step, stream, backend, score, a, b, std)
     return _call_step("affine_step", name, (x, score, a, b, std), z, addr)
 
 
@@ -306,7 +320,7 @@ def heun_step(x, score1, x_pred, score2, a, b, c, d, *, backend=None):
     for n, y in (("score1", score1), ("x_pred", x_pred), ("score2", score2)):
         _same(n, y, x)
     co = [_per_sample(n, v, x) for n, v in (("a", a), ("b", b), ("c", c), ("d", d))]
-    return _impl("heun_step", x.device, backend)(x, score1, x_pred, score2, *co)
+    return _impl("heun_step", x.device, backend, x, score1, x_pred, score2)(x, score1, x_pred, score2, *co)
 
 
 def ddpm_step(x, eps, sqrt_recip_abar, sqrt_recipm1_abar, coef_x0, coef_xt, log_var, *,
@@ -324,7 +338,7 @@ def ddpm_step(x, eps, sqrt_recip_abar, sqrt_recipm1_abar, coef_x0, coef_xt, log_
         if log_var_max is None:
             raise ValueError("v (learned_range) needs log_var_max: the per-sample log beta_t")
         log_var_max = _per_sample("log_var_max", log_var_max, x)
-    name, z, addr = _step_noise("ddpm_step", x, noise, seed, sample_idx, step, stream, backend)
+    name, z, addr = _step_noise("ddpm_step", x, noise, seed, sample_idx, step, stream, backend, eps, v)
     return _call_step("ddpm_step", name, (x, eps, *co), z, addr, clip_denoised=bool(clip_denoised),
                       v=v, log_var_max=log_var_max)
 
@@ -336,7 +350,7 @@ def ddim_step(x, eps, abar_t, abar_prev, eta, *, clip_denoised=False,
     _tensor("x", x)
     _same("eps", eps, x)
     co = [_per_sample(n, c, x) for n, c in (("abar_t", abar_t), ("abar_prev", abar_prev), ("eta", eta))]
-    name, z, addr = _step_noise("ddim_step", x, noise, seed, sample_idx, step, stream, backend)
+    name, z, addr = _step_noise("ddim_step", x, noise, seed, sample_idx, step, stream, backend, eps)
     return _call_step("ddim_step", name, (x, eps, *co), z, addr, clip_denoised=bool(clip_denoised))
 
 
@@ -349,5 +363,5 @@ def langevin_step(x, score, alpha, snr, *, norm="per_sample",
     alpha = _per_sample("alpha", alpha, x)
     if not float(snr) > 0:
         raise ValueError(f"snr must be > 0; got {snr}")
-    name, z, addr = _step_noise("langevin_step", x, noise, seed, sample_idx, step, stream, backend)
+    name, z, addr = _step_noise("langevin_step", x, noise, seed, sample_idx, step, stream, backend, score)
     return _call_step("langevin_step", name, (x, score, alpha, float(snr)), z, addr, norm=norm)
