@@ -13,7 +13,7 @@ Loading (on first import of this module; `import diffcore` never compiles anythi
    diffcore.ops turns into one warning and the torch reference.
 
 Environment: DIFFCORE_NO_EXT=1 (no extension at all: ImportError), DIFFCORE_NO_JIT=1 (use a
-prebuilt library or nothing), DIFFCORE_CUDA_ARCH (e.g. "8.0;9.0", CUDA JIT builds),
+prebuilt library or nothing), DIFFCORE_CSRC (another source tree to compile), DIFFCORE_CUDA_ARCH (e.g. "8.0;9.0", CUDA JIT builds),
 MAX_JOBS (parallel compile jobs).
 
 For diffcore.ops this module exposes
@@ -41,7 +41,7 @@ import torch
 from . import ops as _ops
 
 _PKG = os.path.dirname(os.path.abspath(__file__))
-CSRC = os.path.join(os.path.dirname(_PKG), "csrc")
+CSRC = os.environ.get("DIFFCORE_CSRC") or os.path.join(os.path.dirname(_PKG), "csrc")
 NAMESPACE = "diffcore"
 
 
