@@ -28,7 +28,7 @@ except Exception as e:  # a broken triton install is as good as none
     raise ImportError(f"diffcore.kernels needs triton ({type(e).__name__}: {e})") from e
 
 # triton reads TRITON_INTERPRET when a kernel is defined: what counts is its value now.
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+INTERPRET = os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on")  # as triton reads it
 
 from . import affine_step, ddim_step, ddpm_step, group_norm_silu, heun_step, langevin_step, residual_add  # noqa: E402
 
