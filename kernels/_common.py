@@ -2,6 +2,8 @@
 noise argument of the step kernels, and the in-kernel noise loader."""
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -23,7 +25,7 @@ def tl_acc(dtype: torch.dtype):
 
 def per_sample(x: torch.Tensor) -> torch.Tensor:
     """x as a contiguous [B, M] tensor (element m of row b is x[b].flatten()[m])."""
-    return x.contiguous().reshape(x.shape[0], -1)
+    return x.contiguous().reshape(x.shape[0], math.prod(x.shape[1:]))
 
 
 def coef(c: torch.Tensor, acc: torch.dtype) -> torch.Tensor:

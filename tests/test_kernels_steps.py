@@ -355,3 +355,16 @@ def test_torch_compile_inductor_step_on_gpu():
     a = torch.full((128,), 0.9, device=DEV)
     for g, w in zip(torch.compile(step, fullgraph=True)(x, s, a), step(x, s, a)):
         torch.testing.assert_close(g, w, atol=0, rtol=0)
+
+
+def test_float64_steps_compute_in_float64_and_empty_batches_work():
+    x, s, z = (rand(3, 2, 5, seed=i) for i in (1, 2, 3))           # float64
+    got = ops.affine_step(x, s, 0.9, 0.1, 0.3, noise=z, backend="triton")
+    want = ops.affine_step(x, s, 0.9, 0.1, 0.3, noise=z, backend="torch")
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float64
+        torch.testing.assert_close(g, w, atol=1e-14, rtol=1e-14)
+    e = torch.empty(0, 3, 4, device=DEV)
+    out, mean = ops.affine_step(e, e, 1.0, 1.0, 1.0, seed=1, sample_idx=torch.empty(0, dtype=torch.long), backend="triton")
+    assert out.shape == e.shape and mean.shape == e.shape
+    assert ops.group_norm_silu(torch.empty(0, 4, 3, 3, device=DEV), 2, backend="triton").shape == (0, 4, 3, 3)
