@@ -178,15 +178,23 @@ def origin() -> str:
 
 
 # ---- fake (meta) implementations: shapes for torch.compile and opcheck ----------------------
+def _need(t, name: str, dims) -> None:
+    """The fake kernels' share of the C++ checks: enough to compute the output shapes."""
+    if t.dim() not in dims:
+        raise ValueError(f"diffcore: {name} must have {' or '.join(map(str, dims))} dimensions; got {t.dim()}")
+
+
 def _register_fakes() -> None:
     reg = torch.library.register_fake
 
     @reg("diffcore::philox_normal")
     def _(seed, sample_idx, step, stream, numel):
+        _need(sample_idx, "sample_idx", (1,))
         return sample_idx.new_empty((sample_idx.shape[0], numel), dtype=torch.float32)
 
     @reg("diffcore::philox_uniform")
     def _(seed, sample_idx, step, stream, numel):
+        _need(sample_idx, "sample_idx", (1,))
         return sample_idx.new_empty((sample_idx.shape[0], numel), dtype=torch.float64)
 
     @reg("diffcore::affine_step")
@@ -215,6 +223,8 @@ def _register_fakes() -> None:
 
     @reg("diffcore::group_norm_silu")
     def _(x, num_groups, weight, bias, eps, emb, silu):
+        if x.dim() < 2:
+            raise ValueError(f"diffcore: x must be [N, C, *spatial]; got shape {tuple(x.shape)}")
         stats = x.new_empty((x.shape[0], num_groups))
         return torch.empty_like(x), stats, stats.clone()
 
@@ -228,6 +238,7 @@ def _register_fakes() -> None:
 
     @reg("diffcore::gmm_rk45")
     def _(x, means, vars, log_weights, kind, p0, p1, t0, t1, rtol, atol, h0, max_steps):
+        _need(x, "x", (2,))
         return torch.empty_like(x), x.new_empty((x.shape[0],), dtype=torch.int64)
 
 
