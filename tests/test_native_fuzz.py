@@ -6,11 +6,13 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from diffcore import noise as N
-from diffcore import ops
+pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from diffcore import noise as N  # noqa: E402
+from diffcore import ops  # noqa: E402
 
 native = pytest.importorskip("diffcore.native", reason="the native extension did not build here")
 C = torch.ops.diffcore

@@ -1,0 +1,211 @@
+"""The native backend (diffcore._C) against the libraries people use today, side by side:
+
+(a) the VP reverse SDE of the 2-D mixture (weights 0.8 / 0.2) with its exact score,
+    Euler-Maruyama: diffcore.trajectory.integrate_gmm (all steps of all samples in one op)
+    vs torchsde.sdeint(method="euler") vs an eager PyTorch loop; each must recover the
+    weights within +-0.01;
+(b) one DDPM ancestral step on (256, 3, 32, 32) fp32 with its noise: diffcore.ops.ddpm_step
+    (native, noise drawn in-op) vs diffusers' DDPMScheduler.step;
+(c) GroupNorm(32) + SiLU on (64, 128, 32, 32) fp32: native vs torch.compile of the same
+    function vs eager, with GB/s and % of a copy of the same bytes measured in the run.
+
+Timings are medians over repeats interleaved across the contenders (each round times every
+contender once), after a warm-up.
+
+    python benchmarks/sde.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import print_table, write_results  # noqa: E402
+
+import diffcore  # noqa: E402
+from diffcore import ops, schedules, step_coeffs  # noqa: E402
+
+
+def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
+    """name -> {median_s, q20_s, q80_s}: every round runs each contender once."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    out = {}
+    for k, ts in times.items():
+        ts = sorted(ts)
+        q = lambda p: ts[min(len(ts) - 1, int(p * len(ts)))]  # noqa: E731
+        out[k] = {"median_s": statistics.median(ts), "q20_s": q(0.2), "q80_s": q(0.8)}
+    return out
+
+
+def row(case, impl, t, **extra):
+    """One table row; case-specific figures go into `note` (every row has the same keys)."""
+    note = ", ".join(f"{k}={v}" for k, v in extra.items())
+    return {"case": case, "impl": impl, "median_ms": round(t["median_s"] * 1e3, 2),
+            "q20_ms": round(t["q20_s"] * 1e3, 2), "q80_ms": round(t["q80_s"] * 1e3, 2), "note": note}
+
+
+# ---- (a) reverse SDE ------------------------------------------------------------------------
+def reverse_sde(n: int, steps: int, repeats: int, rows: list, ratios: dict) -> None:
+    import torchsde
+    from diffcore.trajectory import integrate_gmm
+
+    gm = diffcore.GaussianMixture([[4.0, 0.0], [-4.0, 0.0]], 0.5, [0.8, 0.2])
+    sde = diffcore.VPSDE(N=steps)
+    eps = sde.eps
+    model = gm.model(sde)
+    weights = {}
+
+    def native():
+        x, _ = integrate_gmm(gm, sde, n, method="pc", steps=steps, predictor="euler_maruyama", corrector="none",
+                             seed=0)
+        weights["native"] = x
+        return x
+
+    class Reverse(torch.nn.Module):   # torchsde time s = T - t runs forward
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, s, y):
+            t = (sde.T - s).expand(y.shape[0])
+            drift, _ = sde.reverse_sde(y, t, model(y, t))
+            return -drift
+
+        def g(self, s, y):
+            t = (sde.T - s).expand(y.shape[0])
+            return sde.diffusion(t)[:, None].expand_as(y)
+
+    rev = Reverse()
+    ts = torch.tensor([0.0, sde.T - eps])
+    dt = (sde.T - eps) / steps
+
+    def run_torchsde():
+        torch.manual_seed(0)
+        y0 = torch.randn(n, 2) * sde.prior_std
+        with torch.no_grad():
+            x = torchsde.sdeint(rev, y0, ts, method="euler", dt=dt)[-1]
+        weights["torchsde"] = x
+        return x
+
+    grid = torch.linspace(sde.T, eps, steps)
+    h = -sde.T / steps
+
+    def eager():
+        torch.manual_seed(0)
+        x = torch.randn(n, 2) * sde.prior_std
+        with torch.no_grad():
+            for i in range(steps):
+                t = grid[i].expand(n).float()
+                drift, g = sde.reverse_sde(x, t, model(x, t))
+                x = x + drift * h + g[:, None] * math.sqrt(-h) * torch.randn_like(x)
+        weights["eager"] = x
+        return x
+
+    t = interleaved({"native": native, "torchsde": run_torchsde, "eager": eager}, repeats)
+    case = f"VP reverse SDE, EM, 2-D GMM, n={n}, steps={steps}"
+    for k in ("native", "torchsde", "eager"):
+        w0 = (gm.assign(weights[k]) == 0).double().mean().item()
+        ok = abs(w0 - 0.8) <= 0.01
+        print(f"  {k:9s} weight of the 0.8 component: {w0:.4f} ({'within' if ok else 'OUTSIDE'} +-0.01)")
+        rows.append(row(case, k, t[k], weight0=round(w0, 4), weight_ok=ok,
+                        sample_steps_per_s=f"{n * steps / t[k]['median_s']:.3g}"))
+    ratios["sde_native_vs_torchsde"] = t["torchsde"]["median_s"] / t["native"]["median_s"]
+    ratios["sde_native_vs_eager_loop"] = t["eager"]["median_s"] / t["native"]["median_s"]
+
+
+# ---- (b) DDPM step ---------------------------------------------------------------------------
+def ddpm_step(repeats: int, rows: list, ratios: dict) -> None:
+    from diffusers import DDPMScheduler
+
+    shape = (256, 3, 32, 32)
+    g = torch.Generator().manual_seed(0)
+    x, eps = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
+    proc = diffcore.DDPM(schedules.linear_betas(1000))
+    tt = torch.full((shape[0],), 500)
+    kw = step_coeffs.ddpm(proc, tt)
+    idx = torch.arange(shape[0])
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True)
+    gen = torch.Generator().manual_seed(0)
+
+    def native():
+        return ops.ddpm_step(x, eps, **kw, clip_denoised=True, seed=0, sample_idx=idx, step=500, backend="native")
+
+    def diffusers_step():
+        return sched.step(eps, 500, x, generator=gen)
+
+    _, mean, x0 = native()
+    ref = diffusers_step()
+    agree = (x0 - ref.pred_original_sample).abs().max().item()
+    t = interleaved({"native": native, "diffusers": diffusers_step}, repeats)
+    case = f"DDPM ancestral step {tuple(shape)} fp32 (+ noise), clip"
+    for k, name in (("native", "diffcore native ddpm_step (in-op Philox noise)"), ("diffusers", "DDPMScheduler.step")):
+        rows.append(row(case, name, t[k], pred_x0_max_diff=f"{agree:.1e}"))
+    print(f"  DDPM step: pred_x0 native vs diffusers max |diff| = {agree:.2e}")
+    ratios["ddpm_step_native_vs_diffusers"] = t["diffusers"]["median_s"] / t["native"]["median_s"]
+
+
+# ---- (c) GroupNorm + SiLU ---------------------------------------------------------------------
+def group_norm(repeats: int, rows: list, ratios: dict, quick: bool) -> None:
+    from diffcore import native
+
+    shape = (16, 128, 32, 32) if quick else (64, 128, 32, 32)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g)
+    w, b = torch.randn(shape[1], generator=g), torch.randn(shape[1], generator=g)
+
+    def f(x, w, b):
+        return torch.nn.functional.silu(torch.nn.functional.group_norm(x, 32, w, b, 1e-5))
+
+    compiled = torch.compile(f)
+    out = torch.empty_like(x)
+    fns = {"native": lambda: native.group_norm_silu(x, 32, w, b, 1e-5, None, True),
+           "compile": lambda: compiled(x, w, b), "eager": lambda: f(x, w, b), "copy": lambda: out.copy_(x)}
+    with torch.no_grad():
+        err = (fns["native"]() - f(x.double(), w.double(), b.double())).abs().max().item()
+        fns["compile"]()   # compile outside the timing
+        t = interleaved(fns, repeats, warmup=2)
+    nbytes = 2 * x.numel() * x.element_size()   # one read + one write
+    copy_gbs = nbytes / t["copy"]["median_s"] / 1e9
+    case = f"GroupNorm(32)+SiLU {tuple(shape)} fp32"
+    for k, name in (("native", "diffcore native"), ("compile", "torch.compile"), ("eager", "eager"),
+                    ("copy", "copy (same bytes)")):
+        gbs = nbytes / t[k]["median_s"] / 1e9
+        rows.append(row(case, name, t[k], GB_s=round(gbs, 1), pct_of_copy=round(100 * gbs / copy_gbs)))
+    print(f"  GroupNorm+SiLU native max |err| vs float64: {err:.2e}")
+    ratios["gn_silu_native_vs_compile"] = t["compile"]["median_s"] / t["native"]["median_s"]
+    ratios["gn_silu_native_vs_eager"] = t["eager"]["median_s"] / t["native"]["median_s"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
+    args = ap.parse_args()
+    import diffcore.native as native   # build or load the extension before any timing
+    print(f"native extension: {native.origin()} ({native.BUILD_INFO}); torch threads {torch.get_num_threads()}")
+    repeats = 3 if args.quick else 5
+    rows, ratios = [], {}
+    print("(a) reverse SDE")
+    reverse_sde(8192 if args.quick else 65536, 200 if args.quick else 1000, repeats, rows, ratios)
+    print("(b) DDPM step")
+    ddpm_step(repeats if args.quick else 9, rows, ratios)
+    print("(c) GroupNorm + SiLU")
+    group_norm(repeats if args.quick else 9, rows, ratios, args.quick)
+    print_table(rows)
+    print("ratios:", {k: round(v, 2) for k, v in ratios.items()})
+    print("wrote", write_results("sde_quick" if args.quick else "sde", rows, ratios))
+
+
+if __name__ == "__main__":
+    main()
