@@ -1,7 +1,7 @@
 // CPU whole-trajectory integrators of a Gaussian mixture's exact score (csrc/gmm.h):
 // blocks of kLanes samples per task (OpenMP through at::parallel_for), the lane loops
-// vectorised; on x86-64 each block kernel is compiled twice (AVX2+FMA and baseline) and
-// picked at load time, so the library stays portable.
+// vectorised; on x86-64 the float32 block kernels are compiled twice (AVX2+FMA and baseline)
+// and picked at load time, so the library stays portable (float64 is the testing path).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -37,9 +37,9 @@ void store_lanes(const T* rows, int64_t s0, int cnt, int D, T* x, int L) {
 }
 
 DC_CLONES void pc_block_f32(const PcArgs<float>& A, const int64_t* idx, float* buf, int L) { pc_lanes(A, idx, buf, L, 0, L); }
-DC_CLONES void pc_block_f64(const PcArgs<double>& A, const int64_t* idx, double* buf, int L) { pc_lanes(A, idx, buf, L, 0, L); }
+void pc_block_f64(const PcArgs<double>& A, const int64_t* idx, double* buf, int L) { pc_lanes(A, idx, buf, L, 0, L); }
 DC_CLONES void ode_block_f32(const OdeArgs<float>& A, float* buf, int L) { ode_lanes(A, buf, L, 0, L); }
-DC_CLONES void ode_block_f64(const OdeArgs<double>& A, double* buf, int L) { ode_lanes(A, buf, L, 0, L); }
+void ode_block_f64(const OdeArgs<double>& A, double* buf, int L) { ode_lanes(A, buf, L, 0, L); }
 
 void pc_block(const PcArgs<float>& A, const int64_t* idx, float* buf, int L) { pc_block_f32(A, idx, buf, L); }
 void pc_block(const PcArgs<double>& A, const int64_t* idx, double* buf, int L) { pc_block_f64(A, idx, buf, L); }

@@ -64,11 +64,11 @@ inline void apply_row_cl(const T* x, T* y, int64_t C, const T* scale, const T* s
 }
 
 DC_CLONES void sums_f32(const float* x, int64_t n, double e, double* s1, double* s2) { shifted_sums(x, n, e, s1, s2); }
-DC_CLONES void sums_f64(const double* x, int64_t n, double e, double* s1, double* s2) { shifted_sums(x, n, e, s1, s2); }
+void sums_f64(const double* x, int64_t n, double e, double* s1, double* s2) { shifted_sums(x, n, e, s1, s2); }
 DC_CLONES void row_f32(const float* x, float* y, int64_t n, float a, float b, bool s) { apply_row(x, y, n, a, b, s); }
-DC_CLONES void row_f64(const double* x, double* y, int64_t n, double a, double b, bool s) { apply_row(x, y, n, a, b, s); }
+void row_f64(const double* x, double* y, int64_t n, double a, double b, bool s) { apply_row(x, y, n, a, b, s); }
 DC_CLONES void row_cl_f32(const float* x, float* y, int64_t C, const float* a, const float* b, bool s) { apply_row_cl(x, y, C, a, b, s); }
-DC_CLONES void row_cl_f64(const double* x, double* y, int64_t C, const double* a, const double* b, bool s) { apply_row_cl(x, y, C, a, b, s); }
+void row_cl_f64(const double* x, double* y, int64_t C, const double* a, const double* b, bool s) { apply_row_cl(x, y, C, a, b, s); }
 
 inline void sums(const float* x, int64_t n, double e, double* s1, double* s2) { sums_f32(x, n, e, s1, s2); }
 inline void sums(const double* x, int64_t n, double e, double* s1, double* s2) { sums_f64(x, n, e, s1, s2); }
