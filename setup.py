@@ -65,7 +65,7 @@ def extension_config():
     if with_cuda:
         cxx.append("-DDIFFCORE_WITH_CUDA")
         ext = CUDAExtension("diffcore._C", CPU_SOURCES + CUDA_SOURCES,
-                            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
+                            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
                             extra_link_args=["-fopenmp"])
     else:
         ext = CppExtension("diffcore._C", CPU_SOURCES, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])

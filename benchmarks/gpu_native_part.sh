@@ -2,7 +2,7 @@
 # The native extension's part of the GPU check (benchmarks/gpu_check.sh calls it):
 #   bash benchmarks/gpu_native_part.sh OUTDIR
 # On the lent GPU machine (torch with CUDA, nvcc, no network), from the repository root:
-#  1. JIT-builds diffcore._C with its CUDA kernels into OUTDIR/ext (ninja, MAX_JOBS jobs;
+#  1. JIT-builds diffcore._C with its CUDA kernels into $TMPDIR/diffcore-ext (ninja, MAX_JOBS jobs;
 #     DIFFCORE_CUDA_ARCH defaults to the GPU's own arch), nothing installed, nothing downloaded;
 #  2. runs tests/test_native_*.py: the gpu-marked tests compare every CUDA op and the CUDA
 #     trajectory integrator with the float64 reference (the CPU tests run too);
@@ -17,7 +17,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 py="${PYTHON:-python3}"
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-export DIFFCORE_EXT_DIR="$out/ext"
+export DIFFCORE_EXT_DIR="${DIFFCORE_EXT_DIR:-${TMPDIR:-/tmp}/diffcore-ext}"   # build files stay out of OUTDIR
 export MAX_JOBS="${MAX_JOBS:-16}"
 if [ -z "${DIFFCORE_CUDA_ARCH:-}" ]; then
     DIFFCORE_CUDA_ARCH="$("$py" -c 'import torch; c = torch.cuda.get_device_capability(); print(f"{c[0]}.{c[1]}")' 2>/dev/null || echo 9.0)"

@@ -79,7 +79,7 @@ def compile_flags(src_hash: str, cuda: bool) -> tuple[list[str], list[str], list
     cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", f"-DDIFFCORE_SOURCE_HASH={src_hash}"]
     if os.environ.get("DIFFCORE_NATIVE_ARCH") == "1":
         cxx.append("-march=native")
-    nvcc = ["-O3", "--use_fast_math", "-lineinfo"] if cuda else []
+    nvcc = ["-O3", "-lineinfo"] if cuda else []
     if cuda:
         cxx.append("-DDIFFCORE_WITH_CUDA")
     return cxx, nvcc, ["-fopenmp"]
