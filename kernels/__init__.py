@@ -17,7 +17,9 @@ and uses the reference).
 """
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 
 import torch
 
@@ -29,6 +31,27 @@ except Exception as e:  # a broken triton install is as good as none
 
 # triton reads TRITON_INTERPRET when a kernel is defined: what counts is its value now.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on")  # as triton reads it
+
+
+def _interpreted_library() -> None:
+    """Under the interpreter, triton's own @triton.jit library (tl.sum, tl.zeros_like, ...)
+    must be interpreted functions too. When another library imported triton before
+    TRITON_INTERPRET was set (diffusers does, in a test run), those were defined for the
+    compiler and calling them from an interpreted kernel fails: define them again."""
+    if not INTERPRET:
+        return
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:
+        return
+    if isinstance(triton.language.sum, InterpretedFunction):
+        return
+    for name in ("triton.language.standard", "triton.language.random", "triton.language"):
+        if name in sys.modules:
+            importlib.reload(sys.modules[name])
+
+
+_interpreted_library()
 
 from . import affine_step, ddim_step, ddpm_step, group_norm_silu, heun_step, langevin_step, residual_add  # noqa: E402
 

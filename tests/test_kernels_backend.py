@@ -77,6 +77,22 @@ def test_missing_triton_is_a_clean_import_error_and_ops_fall_back():
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter is the CPU path")
+def test_interpreter_works_when_triton_was_imported_before_the_variable():
+    """diffusers imports triton during collection, before these modules set TRITON_INTERPRET."""
+    code = ("import os, triton, triton.language, torch\n"
+            "os.environ['TRITON_INTERPRET'] = '1'\n"
+            "from diffcore import ops\n"
+            "x = torch.randn(2, 4, 3, 3)\n"
+            "y = ops.group_norm_silu(x, 2, backend='triton')\n"
+            "torch.testing.assert_close(y, ops.group_norm_silu(x, 2, backend='torch'))\n"
+            "print('ok')\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**env, "PYTHONPATH": ROOT})
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
 def test_gpu_part_script_skips_cleanly_without_cuda(tmp_path):
     out = tmp_path / "gpu"
