@@ -10,12 +10,13 @@ the words bit for bit against diffcore.noise.philox4x32).
 import triton
 import triton.language as tl
 
-# Philox4x32 constants (Salmon et al. 2011), the same as diffcore.noise.
-PHILOX_M0: tl.constexpr = 0xD2511F53
-PHILOX_M1: tl.constexpr = 0xCD9E8D57
-PHILOX_W0: tl.constexpr = 0x9E3779B9
-PHILOX_W1: tl.constexpr = 0xBB67AE85
-TWO_PI: tl.constexpr = 6.283185307179586
+# Philox4x32 constants (Salmon et al. 2011), the same as diffcore.noise; globals a kernel
+# reads must be tl.constexpr instances (an annotation is not enough for the compiler).
+PHILOX_M0 = tl.constexpr(0xD2511F53)
+PHILOX_M1 = tl.constexpr(0xCD9E8D57)
+PHILOX_W0 = tl.constexpr(0x9E3779B9)
+PHILOX_W1 = tl.constexpr(0xBB67AE85)
+TWO_PI = tl.constexpr(6.283185307179586)
 
 
 @triton.jit
