@@ -5,6 +5,7 @@
     affine_step.py, heun_step.py, ddpm_step.py, ddim_step.py, langevin_step.py
                          the sampler updates, noise read from z or drawn in-kernel
     philox.py            the project's Philox4x32-10 + Box-Muller generator (diffcore.noise)
+    compile_check.py     compiles every kernel for sm_90 without a GPU (what the interpreter misses)
 
 Each op is a torch custom op in the namespace ``diffcore_triton`` (custom_op + register_fake;
 GroupNorm and residual_add also register_autograd), so torch.compile and CUDA graphs see it.
