@@ -174,8 +174,11 @@ def _words_kernel(OUT_ptr, n_groups, sample, step, stream, seed_lo, seed_hi, BLO
     w = philox4x32_10(g.to(tl.uint32), (zero + sample).to(tl.uint32), (zero + step).to(tl.uint32),
                       (zero + stream).to(tl.uint32),
                       tl.to_tensor(seed_lo).to(tl.uint32), tl.to_tensor(seed_hi).to(tl.uint32))
-    for j in tl.static_range(4):
-        tl.store(OUT_ptr + g * 4 + j, w[j].to(tl.int64), mask=g < n_groups)
+    w0, w1, w2, w3 = w
+    tl.store(OUT_ptr + g * 4, w0.to(tl.int64), mask=g < n_groups)
+    tl.store(OUT_ptr + g * 4 + 1, w1.to(tl.int64), mask=g < n_groups)
+    tl.store(OUT_ptr + g * 4 + 2, w2.to(tl.int64), mask=g < n_groups)
+    tl.store(OUT_ptr + g * 4 + 3, w3.to(tl.int64), mask=g < n_groups)
 
 
 def test_philox_words_equal_the_generator_bit_for_bit():
