@@ -286,7 +286,8 @@ def _opcheck_cases():
     }
 
 
-@pytest.mark.parametrize("name", list(_opcheck_cases()))
+@pytest.mark.parametrize("name", ["residual_add", "affine_step_z", "affine_step_address", "heun_step", "ddpm_step",
+                                  "ddim_step", "langevin_step"])
 def test_opcheck(name):
     op, args = _opcheck_cases()[name]
     torch.library.opcheck(op, args)
