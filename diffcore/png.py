@@ -59,3 +59,82 @@ def scatter_image(points: np.ndarray, size: int = 512, extent: float | None = No
     img[axis, :, :] = np.maximum(img[axis, :, :], 60)
     img[:, axis, :] = np.maximum(img[:, axis, :], 60)
     return img.astype(np.uint8)
+
+
+def image_grid(images: np.ndarray, cols: int | None = None, scale: int = 1, pad: int = 1) -> np.ndarray:
+    """[N, C, H, W] images in [-1, 1] (C = 1 or 3) -> one uint8 RGB grid, each image upscaled
+    `scale` times by pixel repetition, `pad` dark pixels between them."""
+    x = np.asarray(images, dtype=np.float64)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"images must be [N, C, H, W] with C = 1 or 3; got {x.shape}")
+    n, c, h, w = x.shape
+    cols = cols or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    x = np.clip((x + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    if c == 1:
+        x = np.repeat(x, 3, axis=3)
+    x = x.repeat(scale, axis=1).repeat(scale, axis=2)
+    H, W = h * scale, w * scale
+    grid = np.full((rows * (H + pad) + pad, cols * (W + pad) + pad, 3), 24, dtype=np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[pad + r * (H + pad): pad + r * (H + pad) + H, pad + q * (W + pad): pad + q * (W + pad) + W] = x[i]
+    return grid
+
+
+def read_png(path: str) -> np.ndarray:
+    """8-bit, non-interlaced grey / grey+alpha / RGB / RGBA PNG -> uint8 [H, W] or [H, W, C]."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError(f"{path}: not a PNG file")
+    pos, idat, header = 8, [], None
+    while pos + 8 <= len(data):
+        length, tag = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8: pos + 8 + length]
+        if len(body) != length:
+            raise ValueError(f"{path}: truncated PNG chunk {tag!r}")
+        if tag == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif tag == b"IDAT":
+            idat.append(body)
+        elif tag == b"IEND":
+            break
+        pos += 12 + length
+    if header is None or not idat:
+        raise ValueError(f"{path}: PNG without IHDR or IDAT")
+    w, h, depth, ctype, _, _, interlace = header
+    channels = {0: 1, 4: 2, 2: 3, 6: 4}.get(ctype)
+    if depth != 8 or channels is None or interlace:
+        raise ValueError(f"{path}: only 8-bit non-interlaced grey/RGB(A) PNGs are read "
+                         f"(bit depth {depth}, colour type {ctype}, interlace {interlace})")
+    raw = zlib.decompress(b"".join(idat))
+    stride = w * channels
+    out = np.zeros((h, stride), dtype=np.uint8)
+    prev = np.zeros(stride, dtype=np.int64)
+    for y in range(h):
+        ftype, line = raw[y * (stride + 1)], np.frombuffer(raw, np.uint8, stride, y * (stride + 1) + 1).astype(np.int64)
+        cur = np.zeros(stride, dtype=np.int64)
+        if ftype == 0:
+            cur = line
+        elif ftype == 2:
+            cur = (line + prev) & 255
+        elif ftype in (1, 3, 4):
+            for i in range(stride):  # left-dependent filters: a Python loop, fine for small images
+                a = cur[i - channels] if i >= channels else 0
+                b, c = prev[i], prev[i - channels] if i >= channels else 0
+                if ftype == 1:
+                    pred = a
+                elif ftype == 3:
+                    pred = (a + b) // 2
+                else:
+                    p = a + b - c
+                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+                cur[i] = (line[i] + pred) & 255
+        else:
+            raise ValueError(f"{path}: bad PNG filter type {ftype} on row {y}")
+        out[y] = cur
+        prev = cur
+    img = out.reshape(h, w, channels)
+    return img[:, :, 0] if channels == 1 else img

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import zlib
 
+import numpy as np
 import pytest
 
 
@@ -23,21 +24,39 @@ def _png_size_and_pixels(path):
 
 
 @pytest.mark.parametrize("method", ["pc", "ancestral"])
-def test_sample_writes_png_and_reports_weights(tmp_path, method):
-    out = tmp_path / "sub" / "s.png"
-    r = _run("sample", "--method", method, "--n", "4000", "--steps", "200", "--out", str(out))
+def test_gmm_demo_writes_png_and_reports_weights(tmp_path, method):
+    out = tmp_path / "sub"
+    r = _run("sample", "--model", "gmm", "--method", method, "--n", "4000", "--steps", "200", "--out", str(out))
     assert r.returncode == 0, r.stderr
-    assert f"wrote {out}" in r.stdout
+    assert f"wrote {out / 'samples.png'}" in r.stdout
     report = json.loads(r.stdout[:r.stdout.rindex("}") + 1])
     assert abs(report["weights"][0] - 0.8) < 0.03
-    w, h, raw = _png_size_and_pixels(out)
+    assert json.loads((out / "run.json").read_text())["n"] == 4000
+    w, h, raw = _png_size_and_pixels(out / "samples.png")
     assert (w, h) == (512, 512)
     assert len(set(raw)) > 10  # not a blank image
-    assert not list(out.parent.glob("*.tmp"))
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+
+
+def test_sample_with_no_arguments_samples_the_embedded_model(tmp_path):
+    r = _run("sample", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    png = tmp_path / "samples" / "samples.png"
+    assert f"wrote {png}" in r.stdout
+    w, h, raw = _png_size_and_pixels(png)
+    assert w == h and w >= 64 and len(set(raw)) > 10
+    u8 = np.load(tmp_path / "samples" / "samples.npz")["arr_0"]
+    assert u8.shape == (64, 8, 8, 1) and u8.dtype == np.uint8 and u8.std() > 10
+    run = json.loads((tmp_path / "samples" / "run.json").read_text())
+    assert run["family"] == "ddpm" and run["method"] == "ddim" and run["samples_per_s"] > 0
 
 
 @pytest.mark.parametrize("args,needle", [
     (["sample", "--n", "0"], "--n must be >= 1"),
+    (["train", "--out", "x", "--steps", "0"], "--steps must be >= 1"),
+    (["train", "--out", "x", "--network", "[1]"], "--network must be a JSON object"),
+    (["train"], "--out"),
+    (["eval", "--n", "-1"], "--n must be >= 1"),
     (["sample", "--steps", "-5"], "--steps must be >= 1"),
     (["sample", "--method", "dpm"], "invalid choice"),
     (["sample", "--bogus"], "unrecognized arguments"),
@@ -51,20 +70,29 @@ def test_usage_errors_exit_2(args, needle):
 
 def test_sampler_value_error_exits_2_with_message(tmp_path):
     # 5 VP steps leave no discrete chain for the default corrector-free reverse-diffusion predictor.
-    r = _run("sample", "--steps", "5", "--n", "10", "--out", str(tmp_path / "x.png"))
+    r = _run("sample", "--model", "gmm", "--steps", "5", "--n", "10", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "needs N > beta_max" in r.stderr
-    assert not (tmp_path / "x.png").exists()
+    assert not (tmp_path / "x" / "samples.png").exists()
+
+
+def test_missing_model_and_pickle_model_exit_2(tmp_path):
+    r = _run("sample", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "model.json" in r.stderr
+    r = _run("sample", "--model", str(tmp_path / "m.ckpt"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "safetensors only" in r.stderr
 
 
 def test_info():
     r = _run("info")
     assert r.returncode == 0
     info = json.loads(r.stdout)
-    assert "pc" in info["methods"] and info["backends"] == ["torch"]
+    assert "pc" in info["methods"] and info["backends"]["torch"]["available"] is True
+    assert set(info["backends"]) == {"torch", "native", "triton"}
+    assert set(info["cpu_backend_per_op"].values()) <= {"torch", "native"}
 
 
 def test_likelihood_reports_ode_nll_beside_exact():
-    r = _run("likelihood", "--n", "32", "--process", "subvp")
+    r = _run("likelihood", "--model", "gmm", "--n", "32", "--process", "subvp")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["relative_error"] < 0.01

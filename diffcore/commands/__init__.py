@@ -1,0 +1,1 @@
+"""Subcommands of the `diffcore` command, one module each: add_parser(sub) and run(args)."""

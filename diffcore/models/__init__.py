@@ -1,0 +1,4 @@
+"""Networks built from diffcore.nn."""
+from .unet import UNet, UNetConfig
+
+__all__ = ["UNet", "UNetConfig"]
