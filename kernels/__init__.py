@@ -8,7 +8,8 @@
     compile_check.py     compiles every kernel for sm_90 without a GPU (what the interpreter misses)
 
 Each op is a torch custom op in the namespace ``diffcore_triton`` (custom_op + register_fake;
-GroupNorm and residual_add also register_autograd), so torch.compile and CUDA graphs see it.
+GroupNorm and residual_add also register_autograd, and are listed in `DIFFERENTIABLE`), so
+torch.compile and CUDA graphs see it.
 `IMPLS` maps the op table's names to callables with the reference's signatures (step ops take
 ``z`` or ``noise_address=(seed, sample_idx, step, stream)``); `available(device)` says where
 they run: CUDA, or CPU when TRITON_INTERPRET=1 was set before triton was imported.
@@ -66,6 +67,9 @@ IMPLS = {
     "langevin_step": langevin_step.langevin_step,
 }
 
+# ops whose custom op has a registered backward (autograd calls may come here)
+DIFFERENTIABLE = {"group_norm_silu", "residual_add"}
+
 
 def available(device) -> bool:
     """Whether the kernels run on `device` here: CUDA (ROCm included) when present; CPU only
@@ -78,4 +82,4 @@ def available(device) -> bool:
     return False
 
 
-__all__ = ["IMPLS", "available", "INTERPRET"]
+__all__ = ["IMPLS", "DIFFERENTIABLE", "available", "INTERPRET"]

@@ -30,6 +30,14 @@ def test_impls_cover_the_op_table_with_the_reference_signatures():
             assert got == ref, name
 
 
+def test_differentiable_ops_are_the_ones_with_a_backward():
+    assert K.DIFFERENTIABLE == {"group_norm_silu", "residual_add"}
+    x = torch.randn(2, 4, 3, requires_grad=True)
+    if K.INTERPRET:
+        assert ops.resolve("group_norm_silu", x.device, "triton", needs_grad=True) == "triton"
+        assert ops.resolve("ddpm_step", x.device, "triton", needs_grad=True) == "torch"   # no backward
+
+
 def test_available():
     assert K.available("cpu") == K.INTERPRET
     assert K.available(torch.device("meta")) is False

@@ -158,7 +158,9 @@ def test_autograd_through_ops(dtype_tol):
     dtype = dtype_tol[0]
     x, w, b, emb = inputs((2, 6, 4, 5), 3, dtype, False, True, True, seed=13)
     leaves = [t.clone().requires_grad_() for t in (x, w, b, emb)]
+    assert ops.resolve("group_norm_silu", x.device, "triton", needs_grad=True) == "triton"  # not the reference
     y = ops.group_norm_silu(leaves[0], 3, leaves[1], leaves[2], emb=leaves[3], backend="triton")
+    assert "diffcore_triton" in type(y.grad_fn).__name__.lower() or "diffcore_triton" in str(y.grad_fn.name())
     dy = rand(2, 6, 4, 5, seed=14, dtype=dtype)
     y.backward(dy)
     ref_leaves = [f64(t).requires_grad_() for t in (x, w, b, emb)]
