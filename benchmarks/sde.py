@@ -10,9 +10,9 @@
     function vs eager, with GB/s and % of a copy of the same bytes measured in the run.
 
 Timings are medians over repeats interleaved across the contenders (each round times every
-contender once), after a warm-up.
+contender once), after a warm-up; every contender runs with the same torch thread count.
 
-    python benchmarks/sde.py [--quick]
+    python benchmarks/sde.py [--quick] [--threads N]
 """
 from __future__ import annotations
 
@@ -191,7 +191,12 @@ def group_norm(repeats: int, rows: list, ratios: dict, quick: bool) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for every contender (default: torch's); on a machine shared with "
+                         "other jobs, 1 avoids OpenMP oversubscription stalls that hit many-op loops hardest")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     import diffcore.native as native   # build or load the extension before any timing
     print(f"native extension: {native.origin()} ({native.BUILD_INFO}); torch threads {torch.get_num_threads()}")
     repeats = 3 if args.quick else 5

@@ -27,13 +27,16 @@
 namespace diffcore {
 namespace {
 
-template <typename T> inline T silu_of(T y);
-template <> inline float silu_of<float>(float y) { return y / (1.0f + fast_expf(-y)); }
-template <> inline double silu_of<double>(double y) { return y / (1.0 + std::exp(-y)); }
+// always_inline: the bodies must be compiled inside each target clone below
+#define DC_INLINE inline __attribute__((always_inline))
+
+template <typename T> DC_INLINE T silu_of(T y);
+template <> DC_INLINE float silu_of<float>(float y) { return y / (1.0f + fast_expf(-y)); }
+template <> DC_INLINE double silu_of<double>(double y) { return y / (1.0 + std::exp(-y)); }
 
 // sums of (x + e - shift) and its square over n values
 template <typename T>
-inline void shifted_sums(const T* x, int64_t n, double e_minus_shift, double* s1, double* s2) {
+DC_INLINE void shifted_sums(const T* x, int64_t n, double e_minus_shift, double* s1, double* s2) {
   double a = 0, b = 0;
   DC_SIMD_SUM2(a, b)
   for (int64_t i = 0; i < n; ++i) {
@@ -46,7 +49,7 @@ inline void shifted_sums(const T* x, int64_t n, double e_minus_shift, double* s1
 }
 
 template <typename T>
-inline void apply_row(const T* x, T* y, int64_t n, T scale, T shift, bool silu) {
+DC_INLINE void apply_row(const T* x, T* y, int64_t n, T scale, T shift, bool silu) {
   if (silu) {
     DC_SIMD for (int64_t i = 0; i < n; ++i) y[i] = silu_of<T>(x[i] * scale + shift);
   } else {
@@ -55,7 +58,7 @@ inline void apply_row(const T* x, T* y, int64_t n, T scale, T shift, bool silu) 
 }
 
 template <typename T>
-inline void apply_row_cl(const T* x, T* y, int64_t C, const T* scale, const T* shift, bool silu) {
+DC_INLINE void apply_row_cl(const T* x, T* y, int64_t C, const T* scale, const T* shift, bool silu) {
   if (silu) {
     DC_SIMD for (int64_t c = 0; c < C; ++c) y[c] = silu_of<T>(x[c] * scale[c] + shift[c]);
   } else {

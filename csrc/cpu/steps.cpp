@@ -17,8 +17,14 @@ namespace {
 constexpr int64_t kChunk = 1024;
 constexpr int64_t kGrain = 32;   // chunks per task: small inputs stay on one thread
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(DIFFCORE_NO_CLONES)
+#define DC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define DC_CLONES
+#endif
+
 template <typename T>
-void fill_noise(const NoiseAddress& a, int64_t e0, int64_t n, T* out) {
+inline __attribute__((always_inline)) void fill_noise_body(const NoiseAddress& a, int64_t e0, int64_t n, T* out) {
   const uint32_t g0 = static_cast<uint32_t>(e0 / 4);
   const int64_t groups = (n + 3) / 4;
   DC_SIMD for (int64_t g = 0; g < groups; ++g) {
@@ -29,6 +35,12 @@ void fill_noise(const NoiseAddress& a, int64_t e0, int64_t n, T* out) {
     out[4 * g + 3] = static_cast<T>(q.z3);
   }
 }
+
+// The generator is the compute-heavy part of a step: compiled for AVX2+FMA and baseline.
+DC_CLONES void fill_noise_f32(const NoiseAddress& a, int64_t e0, int64_t n, float* out) { fill_noise_body(a, e0, n, out); }
+DC_CLONES void fill_noise_f64(const NoiseAddress& a, int64_t e0, int64_t n, double* out) { fill_noise_body(a, e0, n, out); }
+inline void fill_noise(const NoiseAddress& a, int64_t e0, int64_t n, float* out) { fill_noise_f32(a, e0, n, out); }
+inline void fill_noise(const NoiseAddress& a, int64_t e0, int64_t n, double* out) { fill_noise_f64(a, e0, n, out); }
 
 struct Noise {
   const void* z = nullptr;         // noise like x, or
