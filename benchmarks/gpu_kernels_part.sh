@@ -7,7 +7,8 @@
 #   kernels_bench.log, kernels.json  benchmarks/kernels.py (the JSON is rewritten after each section)
 #   kernels_all_tests.log / .xml     the whole kernel test suite compiled for the GPU (what time is left)
 #   kernels_summary.txt              one line per step: name, exit status, seconds
-# Budget about 4 minutes (KERNELS_PART_SECONDS, default 240). Exits 0 whatever the results
+# Budget about 4 minutes (KERNELS_PART_SECONDS, default 240; KERNELS_FULL=1 runs the whole
+# benchmark sweep instead of --quick and gives it the time the last step would have had). Exits 0 whatever the results
 # (the summary says what failed); exits 0 with a note when there is no CUDA device or no triton.
 # PYTHON picks the interpreter (default: python3). If diffcore.kernels is not importable from
 # the tree (kernels/ ships as diffcore.kernels only through the package mapping of an install),
@@ -83,10 +84,11 @@ step() {  # step NAME SECONDS LOG COMMAND...
 step "gpu-marked kernel tests" 100 "$OUT/kernels_gpu_tests.log" \
     "$PY" -m pytest -q -m gpu -p no:cacheprovider --junitxml="$OUT/kernels_gpu_tests.xml" tests/test_kernels_*.py
 
+# --quick (3 sizes; every size recompiles torch.compile's side) unless KERNELS_FULL=1
 BENCH_T=$(( $(left) - 45 ))
 [ "$BENCH_T" -gt 150 ] && BENCH_T=150
-QUICK=""
-[ "$BENCH_T" -lt 110 ] && QUICK="--quick"
+QUICK="--quick"
+[ "${KERNELS_FULL:-0}" = "1" ] && QUICK="" && BENCH_T=$(( $(left) - 5 ))
 step "benchmarks/kernels.py $QUICK" "$BENCH_T" "$OUT/kernels_bench.log" \
     "$PY" benchmarks/kernels.py $QUICK --plot "$OUT/kernels.png"
 [ -f benchmarks/results/kernels.json ] && cp benchmarks/results/kernels.json "$OUT/kernels.json"

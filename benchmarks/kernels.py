@@ -278,7 +278,7 @@ def main() -> None:
         if args.quick:
             levels = [(256, 128, 64), (64, 256, 32), (1, 128, 64)]
         gn_shapes = [((n, c, r, r), 32) for n, c, r in levels]
-        fb_shapes = gn_shapes[1:2] + gn_shapes[-1:]
+        fb_shapes = gn_shapes[1:2] + ([] if args.quick else gn_shapes[-1:])
         emb_shapes = [((64, 256, 32, 32), 32), ((256, 512, 16, 16), 32)][: 1 if args.quick else 2]
         res_shapes = [(256, 128, 64, 64), (64, 256, 32, 32)][: 1 if args.quick else 2]
         ddpm_shape = (256, 3, 64, 64)
