@@ -3,11 +3,19 @@ import os
 import pytest
 import torch
 
-import diffcore
+# Triton reads TRITON_INTERPRET when it is first imported, and diffusers imports it during
+# collection: without a GPU, the kernels run under the interpreter, so set it before anything.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# Under pytest-xdist each worker gets one thread: two workers on two cores, no oversubscription.
+import diffcore  # noqa: E402
+
+# Under pytest-xdist each worker gets one thread: two workers on two cores, no oversubscription
+# (OpenMP threads of oversubscribed processes wait on each other at every barrier). The same
+# for the subprocesses tests start.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture
