@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The one prepared check for a lent GPU machine (shared/DESIGN.md):
+#   bash benchmarks/gpu_check.sh OUTDIR
+# From the repository root on a CUDA machine (torch 2.11 + triton 3.6 preinstalled, nvcc, no
+# network). Nothing is downloaded or installed into site-packages. In order:
+#   1. benchmarks/gpu_native_part.sh   JIT-builds diffcore._C with CUDA, runs tests/test_native_*.py
+#                                      (CUDA ops vs the float64 reference) and times CUDA paths (~4 min)
+#   2. benchmarks/gpu_kernels_part.sh  gpu-marked Triton tests (torch.compile, CUDA graphs, large
+#                                      shapes) and benchmarks/kernels.py --quick (~3 min)
+# then OUTDIR/summary.txt: the device, both parts' one-line-per-stage summaries, and where the
+# JSON figures are. Under 8 minutes in all; always exits 0 (the summary says what failed).
+set -u
+out="${1:?usage: bash benchmarks/gpu_check.sh OUTDIR}"
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+py="${PYTHON:-python3}"
+start=$SECONDS
+
+{
+    echo "# diffcore GPU check $(date -u +%Y-%m-%dT%H:%M:%SZ) at $(git rev-parse --short HEAD 2>/dev/null)"
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>&1 | head -4
+    "$py" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1
+    "$py" -c 'import triton; print("triton", triton.__version__)' 2>&1
+} > "$out/device.txt"
+
+timeout 270 bash benchmarks/gpu_native_part.sh "$out/native" > "$out/native_part.log" 2>&1
+echo "native part: exit $? after $((SECONDS - start)) s" >> "$out/parts.txt"
+KERNELS_PART_SECONDS=$(( 440 - (SECONDS - start) > 120 ? 440 - (SECONDS - start) : 120 )) \
+    timeout 200 bash benchmarks/gpu_kernels_part.sh "$out/kernels" > "$out/kernels_part.log" 2>&1
+echo "kernels part: exit $? after $((SECONDS - start)) s" >> "$out/parts.txt"
+
+{
+    cat "$out/device.txt"
+    echo
+    cat "$out/parts.txt"
+    echo "## native"; cat "$out/native/native_summary.txt" 2>/dev/null || echo "(no summary)"
+    echo "## kernels"; cat "$out/kernels/kernels_summary.txt" 2>/dev/null || echo "(no summary)"
+    echo "## figures"; ls "$out"/native/*.json "$out"/kernels/*.json 2>/dev/null
+    echo "total $((SECONDS - start)) s"
+} > "$out/summary.txt"
+cat "$out/summary.txt"
+exit 0
