@@ -7,6 +7,7 @@
 #                                      (CUDA ops vs the float64 reference) and times CUDA paths (~4 min)
 #   2. benchmarks/gpu_kernels_part.sh  gpu-marked Triton tests (torch.compile, CUDA graphs, large
 #                                      shapes) and benchmarks/kernels.py --quick (~3 min)
+#   3. tests/test_unet_gpu.py          a U-Net step captured as a CUDA graph (1 min at most)
 # then OUTDIR/summary.txt: the device, both parts' one-line-per-stage summaries, and where the
 # JSON figures are. Under 8 minutes in all; always exits 0 (the summary says what failed).
 set -u
@@ -25,11 +26,15 @@ start=$SECONDS
     "$py" -c 'import triton; print("triton", triton.__version__)' 2>&1
 } > "$out/device.txt"
 
-timeout 270 bash benchmarks/gpu_native_part.sh "$out/native" > "$out/native_part.log" 2>&1
+timeout 230 bash benchmarks/gpu_native_part.sh "$out/native" > "$out/native_part.log" 2>&1
 echo "native part: exit $? after $((SECONDS - start)) s" >> "$out/parts.txt"
-KERNELS_PART_SECONDS=$(( 440 - (SECONDS - start) > 120 ? 440 - (SECONDS - start) : 120 )) \
-    timeout 200 bash benchmarks/gpu_kernels_part.sh "$out/kernels" > "$out/kernels_part.log" 2>&1
+KERNELS_PART_SECONDS=$(( 400 - (SECONDS - start) > 120 ? 400 - (SECONDS - start) : 120 )) \
+    timeout 170 bash benchmarks/gpu_kernels_part.sh "$out/kernels" > "$out/kernels_part.log" 2>&1
 echo "kernels part: exit $? after $((SECONDS - start)) s" >> "$out/parts.txt"
+# a whole U-Net sampling step on the fused ops, captured as a CUDA graph and replayed
+PYTHONPATH="$root" TRITON_INTERPRET=0 timeout 60 "$py" -m pytest -q -m gpu tests/test_unet_gpu.py -p no:cacheprovider \
+    > "$out/unet_gpu_tests.log" 2>&1
+echo "unet gpu test: exit $? after $((SECONDS - start)) s ($(tail -1 "$out/unet_gpu_tests.log"))" >> "$out/parts.txt"
 
 {
     cat "$out/device.txt"
