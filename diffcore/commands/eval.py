@@ -95,8 +95,10 @@ def run(args) -> int:
         path = args.model or DEFAULT_MODEL
         model, process, spec = load_model(path)
         method, steps = args.method, args.steps
+        from ..discrete import DDPM
+        opts = {"clip_denoised": True} if isinstance(process, DDPM) and method in ("ddim", "ancestral") else {}
         x = sample(model, process, n=args.n, shape=tuple(spec["data"]["shape"]), method=method, steps=steps,
-                   seed=args.seed).clamp(-1, 1)
+                   seed=args.seed, **opts).clamp(-1, 1)
         source, npz = f"{path} ({method}, {steps} steps, seed {args.seed})", None
     report = {"samples": source}
     if tuple(x.shape[1:]) == (1, 8, 8):
