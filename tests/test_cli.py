@@ -122,3 +122,12 @@ def test_eval_reports_floor_and_ceiling_beside_the_model(tmp_path):
     assert len(rep["classes_histogram"]) == 10
     r = _run("eval", "--samples", str(tmp_path / "samples.npz"), "--fid", str(tmp_path / "missing.npz"))
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+@pytest.mark.parametrize("method,steps", [("pc", "200"), ("ode", "20")])
+def test_sde_samplers_on_the_embedded_ddpm(tmp_path, method, steps):
+    """The DDPM is sampled as its VP SDE by pc and ode (Heun when --steps is given)."""
+    r = _run("sample", "--method", method, "--steps", steps, "--n", "4", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    u8 = np.load(tmp_path / "samples.npz")["arr_0"]
+    assert u8.shape == (4, 8, 8, 1) and u8.std() > 10

@@ -24,7 +24,7 @@ def add_parser(sub):
                         "2-D mixture demo (default: the embedded digits DDPM)")
     s.add_argument("--method", choices=sorted(METHODS), default=None,
                    help="sampler (default: ddim for DDPM models, pc for SDEs, annealed_langevin for NCSN)")
-    s.add_argument("--steps", type=positive_int("--steps"), default=None, help="sampler steps (default: the method's)")
+    s.add_argument("--steps", type=positive_int("--steps"), default=None, help="sampler steps (default: the method's; for ode, --steps picks Heun over adaptive RK45)")
     s.add_argument("--n", type=positive_int("--n"), default=None, help="number of samples (default: 64; gmm: 20000)")
     s.add_argument("--batch-size", type=positive_int("--batch-size"), default=None,
                    help="samples per chunk (default: all at once); the samples do not depend on it")
@@ -69,6 +69,8 @@ def run(args) -> int:
     steps = args.steps if args.steps is not None else DEFAULT_STEPS.get(method)
     shape = tuple(spec["data"]["shape"])
     options = {"init_range": (-1.0, 1.0)} if method in ("annealed_langevin", "langevin") else {}
+    if method == "ode":
+        options["solver"] = "rk45" if steps is None else "heun"  # --steps asks for a fixed-step solver
     if method in ("ddim", "ancestral"):
         options["clip_denoised"] = True  # the data live in [-1, 1]: clip the predicted x0 (DDPM's sampler)
     t0 = time.perf_counter()
