@@ -48,12 +48,10 @@ def run(args) -> int:
     import torch
 
     from ..checkpoint import save_json
-    from ..models.process_model import ProcessModel
-    from ..models.spec import DEFAULT_MODEL, load_model
+    from ..models.spec import DEFAULT_MODEL, as_sde, load_model
     from ..png import image_grid, write_png
     from ..precision import AutocastModel
     from ..sampling import sample
-    from ..sde import VPSDE
     from ..discrete import DDPM, NCSN
 
     path = args.model or DEFAULT_MODEL
@@ -61,10 +59,7 @@ def run(args) -> int:
     default_method = "ddim" if isinstance(process, DDPM) else ("annealed_langevin" if isinstance(process, NCSN) else "pc")
     method = args.method or default_method
     if isinstance(process, DDPM) and method in ("pc", "ode"):
-        # a DDPM with the linear schedule is the VP SDE's discretization (score_sde's convention)
-        T = process.T
-        process = VPSDE(float(process.betas[0]) * T, float(process.betas[-1]) * T, T)
-        model = ProcessModel(model.net, process)
+        model, process = as_sde(model, process)  # a linear-beta DDPM is its VP SDE's discretization
     n = args.n or 64
     steps = args.steps if args.steps is not None else DEFAULT_STEPS.get(method)
     shape = tuple(spec["data"]["shape"])
