@@ -170,9 +170,10 @@ def dequantize_digits(x: torch.Tensor, seed: int = 0, start: int = 0) -> torch.T
     u ~ U(0, 1) from the counter generator keyed by (seed, start + i). Each bin has width 1/8,
     so a continuous NLL plus D log 8 bounds the discrete one: +3 bits/dim."""
     from . import noise as _noise
+    from .likelihood import STREAM_DEQUANT
 
     idx = torch.arange(start, start + x.shape[0])
-    u = _noise.uniform(seed, idx, 0, tuple(x.shape[1:]), stream=5 << 16, dtype=torch.float64)
+    u = _noise.uniform(seed, idx, 0, tuple(x.shape[1:]), stream=STREAM_DEQUANT, dtype=torch.float64)
     return (x.double() + (u - 0.5) / 8).float()
 
 

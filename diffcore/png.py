@@ -61,6 +61,12 @@ def scatter_image(points: np.ndarray, size: int = 512, extent: float | None = No
     return img.astype(np.uint8)
 
 
+def to_uint8_nhwc(images) -> np.ndarray:
+    """[N, C, H, W] images in [-1, 1] -> uint8 [N, H, W, C] (the layout FID tools read)."""
+    x = np.asarray(images, dtype=np.float64)
+    return np.clip((x + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
 def image_grid(images: np.ndarray, cols: int | None = None, scale: int = 1, pad: int = 1) -> np.ndarray:
     """[N, C, H, W] images in [-1, 1] (C = 1 or 3) -> one uint8 RGB grid, each image upscaled
     `scale` times by pixel repetition, `pad` dark pixels between them."""
@@ -70,7 +76,7 @@ def image_grid(images: np.ndarray, cols: int | None = None, scale: int = 1, pad:
     n, c, h, w = x.shape
     cols = cols or int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
-    x = np.clip((x + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    x = to_uint8_nhwc(x)
     if c == 1:
         x = np.repeat(x, 3, axis=3)
     x = x.repeat(scale, axis=1).repeat(scale, axis=2)

@@ -83,19 +83,15 @@ def _step_seed(seed: int, step: int, stream: int) -> int:
 def default_network(family: str, loss: str, sample: torch.Tensor, overrides: dict) -> dict:
     """A network sized for the data: an MLP for vectors, a U-Net for images (the DDPM CIFAR-10
     configuration at 32x32 and above, a small one for tiny images such as the 8x8 digits)."""
-    cond = CONDITIONING[family]
-    learned = loss == "hybrid"
+    cfg = {"conditioning": CONDITIONING[family], "learned_variance": loss == "hybrid"}
+    if family in ("sde-vp", "sde-subvp"):
+        cfg["time_scale"] = 999.0  # t in [0, 1] labelled like DDPM's 0..999 (score_sde)
     if sample.dim() == 1:
-        cfg = {"dim": sample.shape[0], "conditioning": cond, "learned_variance": learned}
-        if family in ("sde-vp", "sde-subvp"):
-            cfg["time_scale"] = 999.0
-        return {"type": "mlp", "config": {**cfg, **overrides}}
+        return {"type": "mlp", "config": {**cfg, "dim": sample.shape[0], **overrides}}
     C, H, W = sample.shape
     if H != W:
         raise ValueError(f"images must be square for the U-Net; got {H}x{W}")
-    cfg = {"in_channels": C, "resolution": H, "conditioning": cond, "learned_variance": learned}
-    if family in ("sde-vp", "sde-subvp"):
-        cfg["time_scale"] = 999.0
+    cfg.update(in_channels=C, resolution=H)
     if H < 32:
         cfg.update(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[max(H // 2, 1)], num_groups=8)
     return {"type": "unet", "config": {**cfg, **overrides}}

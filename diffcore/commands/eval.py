@@ -109,7 +109,8 @@ def run(args) -> int:
         if npz is None:
             import tempfile
             npz = os.path.join(tempfile.mkdtemp(), "samples.npz")
-            np.savez(npz, arr_0=np.clip((x.numpy() + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1))
+            from ..png import to_uint8_nhwc
+            np.savez(npz, arr_0=to_uint8_nhwc(x.numpy()))
         report["inception_fid"] = _inception_fid(npz, args.fid)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     print(json.dumps(report, indent=2))

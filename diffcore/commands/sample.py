@@ -49,7 +49,7 @@ def run(args) -> int:
 
     from ..checkpoint import save_json
     from ..models.spec import DEFAULT_MODEL, as_sde, load_model
-    from ..png import image_grid, write_png
+    from ..png import image_grid, to_uint8_nhwc, write_png
     from ..precision import AutocastModel
     from ..sampling import sample
     from ..discrete import DDPM, NCSN
@@ -79,7 +79,7 @@ def run(args) -> int:
     png = write_png(os.path.join(args.out, "samples.png"), image_grid(images, scale=max(scale, 4)))
     npz = os.path.join(args.out, "samples.npz")
     tmp = npz + ".tmp.npz"
-    u8 = np.clip((images + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    u8 = to_uint8_nhwc(images)
     np.savez(tmp, arr_0=u8)
     os.replace(tmp, npz)
     report = {"model": os.path.abspath(path), "family": spec["family"], "method": method, "steps": steps,

@@ -208,18 +208,21 @@ class UNet(nn.Module):
         if c.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         temb_act = nn.functional.silu(self.embed(t))
-        hs = [self.conv_in(x)]
-        h = hs[-1]
+        h = self.conv_in(x)
+        hs = [h]
         for blocks in self.down:
-            h = hs[-1]
-            for blk in blocks:
-                h = blk(h, temb_act) if isinstance(blk, ResBlock) else blk(h)
+            h = _run(blocks, h, temb_act)
             hs.append(h)
-        for blk in self.mid:
-            h = blk(h, temb_act) if isinstance(blk, ResBlock) else blk(h)
+        h = _run(self.mid, h, temb_act)
         for blocks in self.up:
             if isinstance(blocks[0], ResBlock):
                 h = torch.cat([h, hs.pop()], dim=1)
-            for blk in blocks:
-                h = blk(h, temb_act) if isinstance(blk, ResBlock) else blk(h)
+            h = _run(blocks, h, temb_act)
         return self.conv_out(self.norm_out(h))
+
+
+def _run(blocks, h, temb_act):
+    """A level's blocks in order; residual blocks also take the timestep embedding."""
+    for blk in blocks:
+        h = blk(h, temb_act) if isinstance(blk, ResBlock) else blk(h)
+    return h
