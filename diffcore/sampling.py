@@ -28,11 +28,13 @@ DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 def sample(model, process, n: int, shape, method: str, steps: int | None = None, seed: int = 0,
            batch_size: int | None = None, x_init: torch.Tensor | None = None, device=None,
-           dtype: torch.dtype = torch.float32, return_info: bool = False, **options):
+           dtype: torch.dtype = torch.float32, return_info: bool = False, start: int = 0, **options):
     """Draw n samples of per-sample `shape` from `model` under `process` with `method`.
 
     model: any callable model(x, t) -> tensor, t of shape [B] (see the process's docstring
-    for what t holds and what the model returns). steps: sampler steps (per noise level for
+    for what t holds and what the model returns). start: the global index of the first
+    sample: samples start..start+n-1 are drawn, each with its own noise, so a job split into
+    index ranges (shards, ranks) gives exactly the samples of one call. steps: sampler steps (per noise level for
     annealed_langevin; None picks the method's default). x_init: optional start [n, *shape].
     Returns the samples [n, *shape], or (samples, info) with return_info (info["nfe"]: the
     number of model calls per chunk; rk45 adds "nfe_per_sample").
@@ -51,6 +53,7 @@ def sample(model, process, n: int, shape, method: str, steps: int | None = None,
     if steps is not None:
         check_int("steps", steps, lo=1)
     check_int("seed", seed, lo=0, hi=2**64 - 1)
+    check_int("start", start, lo=0, hi=2**62)
     batch_size = n if batch_size is None else check_int("batch_size", batch_size, lo=1)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {[str(d) for d in DTYPES]}; got {dtype}")
@@ -64,10 +67,10 @@ def sample(model, process, n: int, shape, method: str, steps: int | None = None,
 
     chunks, infos = [], []
     with torch.no_grad():
-        for start in range(0, n, batch_size):
-            stop = min(n, start + batch_size)
-            noise = NoiseSource(seed, torch.arange(start, stop, device=device), shape, dtype=dtype)
-            x0 = None if x_init is None else x_init[start:stop].to(device)
+        for lo in range(0, n, batch_size):
+            hi = min(n, lo + batch_size)
+            noise = NoiseSource(seed, torch.arange(start + lo, start + hi, device=device), shape, dtype=dtype)
+            x0 = None if x_init is None else x_init[lo:hi].to(device)
             x, info = run(model, process, noise, steps, x0, **options)
             chunks.append(x)
             infos.append(info)
