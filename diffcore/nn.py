@@ -20,7 +20,11 @@ class GroupNormSiLU(nn.Module):
 
     emb (optional, [N, C]) is added to x before the statistics: the residual block's
     timestep-embedding add fused into its second normalization.
+    backend (attribute, default None: the op table's choice) pins the backend of diffcore.ops;
+    diffcore.accelerate(module, backend=...) sets it.
     """
+
+    backend: str | None = None
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
                  silu: bool = True):
@@ -38,17 +42,18 @@ class GroupNormSiLU(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         # under autocast x may be bf16/fp16 while weight stays fp32: the op accumulates in fp32
-        return ops.group_norm_silu(x, self.num_groups, self.weight, self.bias, self.eps, emb=emb, silu=self.silu)
+        return ops.group_norm_silu(x, self.num_groups, self.weight, self.bias, self.eps, emb=emb, silu=self.silu,
+                                   backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, silu={self.silu}"
 
 
-def residual_add(skip: torch.Tensor, h: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+def residual_add(skip: torch.Tensor, h: torch.Tensor, scale: float = 1.0, backend: str | None = None) -> torch.Tensor:
     """(skip + h) * scale through the op table (the residual block's epilogue)."""
     if skip.dtype != h.dtype:  # autocast may leave the two branches in different precisions
         skip = skip.to(h.dtype)
-    return ops.residual_add(skip, h, scale)
+    return ops.residual_add(skip, h, scale, backend=backend)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
