@@ -25,7 +25,9 @@ def add_parser(sub):
     s.add_argument("--method", choices=sorted(METHODS), default=None,
                    help="sampler (default: ddim for DDPM models, pc for SDEs, annealed_langevin for NCSN)")
     s.add_argument("--steps", type=positive_int("--steps"), default=None, help="sampler steps (default: the method's; for ode, --steps picks Heun over adaptive RK45)")
-    s.add_argument("--n", type=positive_int("--n"), default=None, help="number of samples (default: 64; gmm: 20000)")
+    s.add_argument("--n", "--num-samples", dest="n", type=positive_int("--n"), default=None,
+                   help="number of samples (default: 64; gmm: 20000). Under torchrun write --num-samples: "
+                        "torchrun reads --n as an abbreviation of its own options")
     s.add_argument("--batch-size", type=positive_int("--batch-size"), default=None,
                    help="samples per chunk (default: all at once); the samples do not depend on it")
     s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
@@ -35,6 +37,11 @@ def add_parser(sub):
     s.add_argument("--process", choices=["vp", "ve", "subvp", "ddpm", "ncsn"], default=None,
                    help="gmm demo only: the process (default: vp for pc/ode, ddpm for ancestral/ddim, ncsn for Langevin)")
     s.add_argument("--out", default="samples", help="output directory (default: ./samples)")
+    s.add_argument("--shard-size", type=positive_int("--shard-size"), default=None,
+                   help="samples per shard (default: min(n, 256)). Shards go to OUT/shards/ with OUT/manifest.json; "
+                        "the same command run again resumes an interrupted job. Under torchrun shard i is sampled "
+                        "by rank i %% WORLD_SIZE and rank 0 merges: the samples depend on n, seed and shard size, "
+                        "not on the number of ranks")
     s.set_defaults(func=run)
 
 
@@ -47,14 +54,16 @@ def run(args) -> int:
     import numpy as np
     import torch
 
-    from ..checkpoint import save_json
     from ..models.spec import DEFAULT_MODEL, as_sde, load_model
-    from ..png import image_grid, to_uint8_nhwc, write_png
+    from ..png import image_grid, to_uint8_nhwc
     from ..precision import AutocastModel
     from ..sampling import sample
     from ..discrete import DDPM, NCSN
 
+    from . import sample_job
+
     path = args.model or DEFAULT_MODEL
+    ctx = sample_job.start(args)  # under torchrun: this rank of the process group, on cuda:LOCAL_RANK for CUDA
     model, process, spec = load_model(path, device=args.device)
     default_method = "ddim" if isinstance(process, DDPM) else ("annealed_langevin" if isinstance(process, NCSN) else "pc")
     method = args.method or default_method
@@ -68,26 +77,31 @@ def run(args) -> int:
         options["solver"] = "rk45" if steps is None else "heun"  # --steps asks for a fixed-step solver
     if method in ("ddim", "ancestral"):
         options["clip_denoised"] = True  # the data live in [-1, 1]: clip the predicted x0 (DDPM's sampler)
+
+    def sample_range(start, count):  # samples start..start+count-1: one shard of the job
+        return sample(AutocastModel(model, args.precision), process, n=count, start=start, shape=shape, method=method,
+                      steps=steps, seed=args.seed, batch_size=args.batch_size, device=args.device, **options).float().cpu()
+
     t0 = time.perf_counter()
-    x = sample(AutocastModel(model, args.precision), process, n=n, shape=shape, method=method, steps=steps,
-               seed=args.seed, batch_size=args.batch_size, device=args.device, **options)
+    job_settings = sample_job.settings(args, path, method=method, steps=steps, shape=list(shape), family=spec["family"],
+                                       options={k: list(v) if isinstance(v, tuple) else v for k, v in options.items()})
+    x = sample_job.run(args, ctx, sample_range, n, job_settings)
     seconds = time.perf_counter() - t0
-    x = x.float().cpu().clamp(-1, 1)
-    os.makedirs(args.out, exist_ok=True)
+    if x is None:
+        return 0  # a rank other than 0: its shards are written and recorded; rank 0 merges
+    x = x.clamp(-1, 1)
     images = x.numpy()
     scale = max(1, 256 // (shape[-1] * int(np.ceil(np.sqrt(n)))))
-    png = write_png(os.path.join(args.out, "samples.png"), image_grid(images, scale=max(scale, 4)))
+    png = os.path.abspath(sample_job.write_png(os.path.join(args.out, "samples.png"), image_grid(images, scale=max(scale, 4))))
     npz = os.path.join(args.out, "samples.npz")
-    tmp = npz + ".tmp.npz"
     u8 = to_uint8_nhwc(images)
-    np.savez(tmp, arr_0=u8)
-    os.replace(tmp, npz)
+    sample_job.write_npz(npz, arr_0=u8)
     report = {"model": os.path.abspath(path), "family": spec["family"], "method": method, "steps": steps,
               "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
               "n": n, "seed": args.seed, "precision": args.precision, "device": str(args.device),
               "seconds": round(seconds, 3), "samples_per_s": round(n / seconds, 2),
               "png": png, "npz": os.path.abspath(npz)}
-    save_json(os.path.join(args.out, "run.json"), report)
+    sample_job.write_json(os.path.join(args.out, "run.json"), report)
     print(json.dumps(report, indent=2))
     print(f"wrote {png}, {os.path.abspath(npz)} and run.json", file=sys.stderr)
     print(f"wrote {png}")
