@@ -21,10 +21,11 @@ weights load into the accelerated model and out of it unchanged:
   two Sequential pairs fused, the embedding add fused into out_layers' norm, the residual
   fused. With use_scale_shift_norm only in_layers is fused (out_layers[0] is called on its
   own there, so its SiLU must stay).
-* diffusers' Attention with a group norm on 4-D input (UNet2DModel's attention blocks) gets a
-  processor that normalises the [B, C, H, W] tensor directly and computes the projections as
-  batched matrix products on the channel-first layout: no transposed copies, and the
-  residual added in place of the projection's fresh output. Calls it does not cover
+* diffusers' Attention with a group norm (UNet2DModel's attention blocks) gets a processor
+  (FusedAttnProcessor) that normalises the [B, C, H, W] tensor through diffcore.ops
+  (silu=False), makes the token-major copy the projections need once instead of three times
+  (none with channels_last input), and adds the output projection to the residual in one
+  pass instead of a transposing copy, an add and a division. Calls it does not cover
   (cross-attention, masks, 3-D input, ...) go to the original processor.
 * diffcore's own modules (diffcore.models.UNet's ResBlock, AttnBlock, GroupNormSiLU) are
   already fused: reported as such (with `backend=` their GroupNormSiLU modules are pinned to it).
@@ -32,10 +33,12 @@ weights load into the accelerated model and out of it unchanged:
 Blocks are accelerated by swapping the instance's class for a subclass whose forward calls
 the fused ops (`isinstance` checks still hold); children are never re-created.
 
-Everything else is left as it is: GroupNorm without a following SiLU (attention and
-transformer norms: torch's own group_norm is as fast there, measured on CPU), diffusers'
-ResnetBlockCondNorm2D, activations other than SiLU, GroupNorm subclasses with their own
-forward. The report says so, block by block.
+Everything else is left as it is: GroupNorm without a following SiLU outside those attention
+blocks (e.g. Transformer2DModel's input norm: a plain GroupNorm, which the fused op does not
+beat on CPU), diffusers' ResnetBlockCondNorm2D, activations other than SiLU, subclasses with
+their own forward. The report says so, block by block. A guided-diffusion-style block is
+recognised by its attributes (in_layers, emb_layers ending in a Linear, out_layers starting
+with a GroupNorm, skip_connection) and assumed to have guided-diffusion's ResBlock forward.
 
 backend: None uses diffcore.ops' choice per call (DIFFCORE_BACKEND or the fastest present);
 a name ("torch", "native", "triton") pins every fused op of the swapped modules to it.
@@ -47,7 +50,6 @@ Otherwise the residual goes through diffcore.ops.residual_add.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 from torch import nn
@@ -287,6 +289,14 @@ def _diffusers_class(m, name: str) -> bool:
     return any(c.__name__ == name and c.__module__.startswith("diffusers.") for c in type(m).__mro__)
 
 
+def _diffusers_forward(m, name: str) -> bool:
+    """Whether m's forward is that diffusers class's own (not a subclass's override)."""
+    for c in type(m).__mro__:
+        if "forward" in c.__dict__:
+            return c.__name__ == name and c.__module__.startswith("diffusers.")
+    return False
+
+
 def _diffcore_fused(m) -> bool:
     from .models import unet as _unet
     return isinstance(m, (dnn.GroupNormSiLU, _unet.ResBlock, _unet.AttnBlock))
@@ -312,7 +322,11 @@ class _Walker:
             self._diffcore(m, name)
             return
         if _diffusers_class(m, "ResnetBlock2D"):
-            self._diffusers_resnet(m, name)
+            if _diffusers_forward(m, "ResnetBlock2D"):
+                self._diffusers_resnet(m, name)
+            else:
+                self.add(name, m, "left", "a ResnetBlock2D subclass with its own forward")
+                self._children(m, name)
             return
         if _diffusers_class(m, "ResnetBlockCondNorm2D"):
             self.add(name, m, "left", "conditional normalisation (AdaGroupNorm/SpatialNorm) is not a "
@@ -423,6 +437,8 @@ class _Walker:
         why = None
         if m.group_norm is None:
             why = "no group norm (transformer attention on [B, HW, C]): nothing to fuse"
+        elif not _diffusers_forward(m, "Attention"):
+            why = "an Attention subclass with its own forward"
         elif pname != "AttnProcessor2_0":
             why = f"processor {pname}, not AttnProcessor2_0"
         elif m.spatial_norm is not None or m.norm_q is not None or m.norm_k is not None:
@@ -444,8 +460,13 @@ class _Walker:
     @staticmethod
     def _is_guided_resblock(m) -> bool:
         seqs = [getattr(m, a, None) for a in ("in_layers", "emb_layers", "out_layers")]
-        return (all(isinstance(s, nn.Sequential) for s in seqs) and hasattr(m, "skip_connection")
-                and len(seqs[2]) >= 3)
+        if not (all(isinstance(s, nn.Sequential) for s in seqs) and isinstance(getattr(m, "skip_connection", None),
+                                                                             nn.Module) and len(seqs[2]) >= 3):
+            return False
+        lin = seqs[1][-1]   # the embedding projection: C (or 2C with scale-shift) outputs
+        norm = seqs[2][0]
+        return (isinstance(lin, nn.Linear) and isinstance(norm, nn.GroupNorm)
+                and lin.out_features in (norm.num_channels, 2 * norm.num_channels))
 
     def _guided_resblock(self, m, name):
         scale_shift = bool(getattr(m, "use_scale_shift_norm", False))
