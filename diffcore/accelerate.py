@@ -154,11 +154,22 @@ _DERIVED: dict[tuple[type, type], type] = {}
 
 
 def _derive(mixin: type, base: type) -> type:
-    """The subclass (mixin, base), made once per pair; named Fused<Base>."""
+    """The subclass (mixin, base), made once per pair; named Fused<Base> and registered in this
+    module under that name (first come), so pickling an accelerated module finds it."""
     key = (mixin, base)
     if key not in _DERIVED:
-        _DERIVED[key] = type(f"Fused{base.__name__}", (mixin, base), {"__module__": __name__})
+        name = f"Fused{base.__name__}"
+        _DERIVED[key] = cls = type(name, (mixin, base), {"__module__": __name__, "__qualname__": name})
+        globals().setdefault(name, cls)
     return _DERIVED[key]
+
+
+def __getattr__(name: str):
+    # unpickling in a fresh process: diffusers' ResnetBlock2D's accelerated class on demand
+    if name == "FusedResnetBlock2D":
+        from diffusers.models.resnet import ResnetBlock2D
+        return _derive(_FusedDiffusersResnet, ResnetBlock2D)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _accelerated(m) -> bool:

@@ -405,3 +405,15 @@ def test_bad_arguments():
         diffcore.accelerate(lambda x: x)
     with pytest.raises(ValueError, match="backend"):
         diffcore.accelerate(nn.Linear(2, 2), backend="cuda")
+
+
+def test_accelerated_diffusers_unet_pickles():
+    import io
+    m = diffcore.accelerate(unet2d())
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    m2 = torch.load(buf, weights_only=False)
+    x, t = inputs()
+    assert type(m2.mid_block.resnets[0]) is type(m.mid_block.resnets[0])
+    torch.testing.assert_close(run(m2, x, t), run(m, x, t), atol=0, rtol=0)
