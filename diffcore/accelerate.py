@@ -408,7 +408,8 @@ class _Walker:
         parent._modules[norm_key] = f = _fused_norm(gn, True, self.backend)
         parent._modules[act_key] = nn.Identity()
         self.seen.update((id(gn), id(f), id(parent._modules[act_key])))
-        self.add(full, gn, "fused", f"GroupNorm + SiLU ({act_key}) -> GroupNormSiLU; {act_key} -> Identity")
+        act_name = f"{name}.{act_key}" if name else act_key
+        self.add(full, gn, "fused", f"GroupNorm + SiLU -> GroupNormSiLU; the SiLU {act_name} -> Identity")
 
     # -- diffusers ResnetBlock2D
     def _diffusers_resnet(self, m, name):
@@ -491,8 +492,10 @@ class _Walker:
                          "use_scale_shift_norm: the block calls out_layers[0] alone and scales/shifts "
                          "before the SiLU")
             self._children(m, name)
-            self.add(name, m, "left" if not pair_out else "partly fused",
-                     "block forward kept (scale-shift norm or out_layers not GroupNorm -> SiLU)")
+            self.add(name, m, "left", "block forward kept: " + ("use_scale_shift_norm" if scale_shift else
+                                                                 "out_layers does not start with GroupNorm -> SiLU")
+                     + ("; its in_layers' GroupNorm -> SiLU is fused" if any(
+                         isinstance(c, dnn.GroupNormSiLU) for c in m.in_layers) else ""))
             return
         out._modules[list(out._modules)[0]] = f = _fused_norm(out[0], True, self.backend)
         out._modules[list(out._modules)[1]] = nn.Identity()
