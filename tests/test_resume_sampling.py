@@ -182,7 +182,7 @@ def test_runner_redraws_a_corrupted_or_missing_shard_with_a_warning(tmp_path):
 def test_merge_refuses_a_shard_corrupted_after_it_was_checked(tmp_path):
     shards.run_shards(_arange([]), 4, 2, str(tmp_path), {})
     (tmp_path / "shards" / shards.shard_name(0, 2)).write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="shard 0 .* does not match its sha256.*run the same command again"):
+    with pytest.raises(ValueError, match="shard 0: .* does not match its sha256.*run the same command again"):
         shards.merge(str(tmp_path), shards.shard_plan(4, 2))
     assert "0" not in shards._read_manifest(str(tmp_path))["shards"]  # the next run draws it again
 
