@@ -417,3 +417,23 @@ def test_accelerated_diffusers_unet_pickles():
     x, t = inputs()
     assert type(m2.mid_block.resnets[0]) is type(m.mid_block.resnets[0])
     torch.testing.assert_close(run(m2, x, t), run(m, x, t), atol=0, rtol=0)
+
+
+# ---- on a GPU (gpu_check.sh runs the gpu-marked tests) --------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", [None, "triton"])
+def test_unet2d_on_cuda(backend):
+    """fp32 within F32 of the original on the GPU's fused kernels; under bf16 autocast the
+    accelerated model's error against the float64 original is at most 2x plain autocast's."""
+    m = unet2d().cuda()
+    a = accelerated(m, backend=backend)
+    x, t = inputs()
+    x, t = x.cuda(), t.cuda()
+    torch.testing.assert_close(run(a, x, t), run(m, x, t), **F32)
+    ref = run(copy.deepcopy(m).double(), x.double(), t)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        plain, fused = run(m, x, t), run(a, x, t)
+    err_plain = (plain.double() - ref).abs().max().item()
+    err_fused = (fused.double() - ref).abs().max().item()
+    assert err_fused <= 2 * err_plain + 1e-2, (err_fused, err_plain)

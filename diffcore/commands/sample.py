@@ -10,6 +10,7 @@ import time
 from ..sampling import METHODS
 from .common import positive_int
 
+GRID_MAX = 1024  # samples drawn in samples.png (all of them go to samples.npz)
 DEFAULT_STEPS = {"ddim": 50, "ancestral": 250, "pc": 500, "ode": None, "annealed_langevin": 20, "langevin": 200}
 
 
@@ -91,8 +92,10 @@ def run(args) -> int:
         return 0  # a rank other than 0: its shards are written and recorded; rank 0 merges
     x = x.clamp(-1, 1)
     images = x.numpy()
-    scale = max(1, 256 // (shape[-1] * int(np.ceil(np.sqrt(n)))))
-    png = os.path.abspath(sample_job.write_png(os.path.join(args.out, "samples.png"), image_grid(images, scale=max(scale, 4))))
+    shown = min(n, GRID_MAX)  # the grid shows the first samples: a 50 000-sample job would make a gigapixel PNG
+    scale = max(1, 256 // (shape[-1] * int(np.ceil(np.sqrt(shown)))))
+    png = os.path.abspath(sample_job.write_png(os.path.join(args.out, "samples.png"),
+                                               image_grid(images[:shown], scale=max(scale, 4))))
     npz = os.path.join(args.out, "samples.npz")
     u8 = to_uint8_nhwc(images)
     sample_job.write_npz(npz, arr_0=u8)
