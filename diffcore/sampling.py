@@ -1,7 +1,9 @@
-"""`diffcore.sample`: one entry point for every sampler of the reference engine.
+"""`diffcore.sample`: one entry point for every sampler, run by the engine (diffcore.engine:
+fused ops on the fastest backend, precision, CUDA graphs, chunking); and `reference_sample`,
+the reference samplers in plain PyTorch that define every result.
 
-Samples are produced in chunks of `batch_size`; sample i's noise comes from the counter
-generator keyed by (seed, i, step), so the result does not depend on the chunking.
+Samples are produced in chunks; sample i's noise comes from the counter generator keyed by
+(seed, i, step), so the result does not depend on the chunking.
 """
 from __future__ import annotations
 
@@ -27,6 +29,39 @@ DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def sample(model, process, n: int, shape, method: str, steps: int | None = None, seed: int = 0,
+           batch_size: int | None = None, x_init: torch.Tensor | None = None, device=None,
+           dtype: torch.dtype = torch.float32, return_info: bool = False, start: int = 0, *,
+           backend: str | None = None, precision: str = "fp32", cuda_graph="auto", max_batch: int | None = None,
+           progress: bool = False, check_finite: bool = False, **options):
+    """Draw samples start..start+n-1 of per-sample `shape` from `model` under `process` with
+    `method`, on the engine (see diffcore.engine.Sampler for backend, precision, cuda_graph,
+    max_batch (batch_size is its older name), progress and check_finite).
+
+    model: any callable model(x, t) -> tensor, t of shape [B] (see the process's docstring for
+    what t holds and what the model returns). steps: sampler steps (per noise level for
+    annealed_langevin; None picks the method's default). x_init: optional start [n, *shape].
+    Returns the samples [n, *shape], or (samples, info) with return_info (info["nfe"]: model
+    calls per chunk; "path": "fused" or "reference"; "cuda_graph"; "samples_per_s").
+    backend="torch" runs the fused plan on the torch reference ops.
+    """
+    from .engine import Sampler
+    if batch_size is not None and max_batch is not None and batch_size != max_batch:
+        raise ValueError(f"batch_size and max_batch name the same thing; give one (got {batch_size} and {max_batch})")
+    if batch_size is not None:
+        check_int("batch_size", batch_size, lo=1)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {[str(d) for d in DTYPES]}; got {dtype}")
+    if dtype in (torch.float16, torch.bfloat16):
+        # low-precision *state* is the reference's business; the engine keeps state fp32
+        return reference_sample(model, process, n, shape, method, steps, seed, batch_size or max_batch, x_init,
+                                device, dtype, return_info, start, **options)
+    s = Sampler(model, process, shape, method, steps, backend=backend, precision=precision, cuda_graph=cuda_graph,
+                max_batch=max_batch if max_batch is not None else batch_size, progress=progress,
+                check_finite=check_finite, dtype=dtype, device=device, **options)
+    return s.sample(n, seed, start, x_init, return_info)
+
+
+def reference_sample(model, process, n: int, shape, method: str, steps: int | None = None, seed: int = 0,
            batch_size: int | None = None, x_init: torch.Tensor | None = None, device=None,
            dtype: torch.dtype = torch.float32, return_info: bool = False, start: int = 0, **options):
     """Draw n samples of per-sample `shape` from `model` under `process` with `method`.

@@ -29,10 +29,17 @@ def add_parser(sub):
     s.add_argument("--n", "--num-samples", dest="n", type=positive_int("--n"), default=None,
                    help="number of samples (default: 64; gmm: 20000). Under torchrun write --num-samples: "
                         "torchrun reads --n as an abbreviation of its own options")
-    s.add_argument("--batch-size", type=positive_int("--batch-size"), default=None,
-                   help="samples per chunk (default: all at once); the samples do not depend on it")
+    s.add_argument("--batch-size", "--max-batch", dest="batch_size", type=positive_int("--batch-size"), default=None,
+                   help="samples per chunk (default: 256 on CPU, from free memory on CUDA); the samples do not depend on it")
     s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="network precision; sampler state stays fp32 (default: fp32)")
+    s.add_argument("--backend", choices=["auto", "torch", "native", "triton"], default="auto",
+                   help="backend of the fused step ops (default: auto = DIFFCORE_BACKEND, else the fastest present)")
+    s.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
+                   help="on CUDA, run steps eagerly instead of replaying one captured CUDA graph per step")
+    s.add_argument("--check-finite", action="store_true",
+                   help="stop at the first NaN/Inf and report the step and sample index (exit 1)")
+    s.add_argument("--quiet", action="store_true", help="no progress line")
     s.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     s.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     s.add_argument("--process", choices=["vp", "ve", "subvp", "ddpm", "ncsn"], default=None,
@@ -57,7 +64,6 @@ def run(args) -> int:
 
     from ..models.spec import DEFAULT_MODEL, as_sde, load_model
     from ..png import image_grid, to_uint8_nhwc
-    from ..precision import AutocastModel
     from ..sampling import sample
     from ..discrete import DDPM, NCSN
 
@@ -80,8 +86,10 @@ def run(args) -> int:
         options["clip_denoised"] = True  # the data live in [-1, 1]: clip the predicted x0 (DDPM's sampler)
 
     def sample_range(start, count):  # samples start..start+count-1: one shard of the job
-        return sample(AutocastModel(model, args.precision), process, n=count, start=start, shape=shape, method=method,
-                      steps=steps, seed=args.seed, batch_size=args.batch_size, device=args.device, **options).float().cpu()
+        return sample(model, process, n=count, start=start, shape=shape, method=method, steps=steps, seed=args.seed,
+                      max_batch=args.batch_size, device=args.device, precision=args.precision,
+                      backend=args.backend, cuda_graph="auto" if args.cuda_graph else False,
+                      check_finite=args.check_finite, progress=not args.quiet, **options).float().cpu()
 
     t0 = time.perf_counter()
     job_settings = sample_job.settings(args, path, method=method, steps=steps, shape=list(shape), family=spec["family"],
@@ -101,7 +109,7 @@ def run(args) -> int:
     sample_job.write_npz(npz, arr_0=u8)
     report = {"model": os.path.abspath(path), "family": spec["family"], "method": method, "steps": steps,
               "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
-              "n": n, "seed": args.seed, "precision": args.precision, "device": str(args.device),
+              "n": n, "seed": args.seed, "precision": args.precision, "backend": args.backend, "device": str(args.device),
               "seconds": round(seconds, 3), "samples_per_s": round(n / seconds, 2),
               "png": png, "npz": os.path.abspath(npz)}
     sample_job.write_json(os.path.join(args.out, "run.json"), report)

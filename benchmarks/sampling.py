@@ -1,0 +1,202 @@
+"""Whole-loop DDPM sampling with diffusers' UNet2DModel (the google/ddpm-cifar10-32
+configuration, random init), side by side in one run, the same weights, steps and batch:
+
+  diffusers          DDPMPipeline(unet, scheduler)(batch_size=B, num_inference_steps=S)
+  diffusers+compile  the same pipeline with pipe.unet = torch.compile(unet)
+                     (mode "max-autotune" on CUDA, the default mode on CPU)
+  diffcore           diffcore.sample(DiffusersUNet(diffcore.accelerate(copy of unet)),
+                     ddpm_from_diffusers(scheduler), method="ancestral", steps=S,
+                     precision=P, channels_last network) — fused GroupNorm+SiLU, residual
+                     and attention, fused DDPM step with in-op noise, CUDA graphs on CUDA
+
+in each precision: fp32, bf16 (diffusers under torch.autocast(bfloat16); diffcore
+precision="bf16") and on CUDA fp16 (diffusers' unet.half(), diffcore precision="fp16").
+Equality: diffcore's fp32 samples against diffusers' own loop fed the same noise (its
+randn_tensor replaced by diffcore's generator for the same step), max |difference| reported.
+
+    python benchmarks/sampling.py [--quick] [--threads N] [--batch 16] [--steps 10]
+                                  [--repeats 5] [--device cpu|cuda] [--no-compile]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import print_table, write_results  # noqa: E402
+
+import diffcore  # noqa: E402
+from diffcore import noise as dnoise  # noqa: E402
+from diffcore.interop import DiffusersUNet, ddpm_from_diffusers, sample_options  # noqa: E402
+
+SHAPE = (3, 32, 32)
+
+
+def cifar_unet(seed=0):
+    import diffusers
+    torch.manual_seed(seed)
+    return diffusers.UNet2DModel(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256), layers_per_block=2,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), dropout=0.1, norm_num_groups=32,
+        attention_head_dim=None, resnet_time_scale_shift="default", add_attention=True, flip_sin_to_cos=False,
+        freq_shift=1).eval()
+
+
+def scheduler():
+    import diffusers
+    # google/ddpm-cifar10-32's scheduler_config.json
+    return diffusers.DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                                   variance_type="fixed_small", clip_sample=True)
+
+
+def diffusers_runner(unet, steps, batch, precision, device):
+    import diffusers
+    pipe = diffusers.DDPMPipeline(unet=unet, scheduler=scheduler()).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def run():
+        if precision == "bf16":
+            with torch.autocast(device, dtype=torch.bfloat16):
+                return pipe(batch_size=batch, num_inference_steps=steps, generator=g, output_type="np")
+        return pipe(batch_size=batch, num_inference_steps=steps, generator=g, output_type="np")
+    return run
+
+
+def diffcore_runner(unet, steps, batch, precision, device):
+    s = scheduler()
+    net = diffcore.accelerate(copy.deepcopy(unet)).to(device=device, memory_format=torch.channels_last)
+    if precision == "fp16" and device == "cuda":
+        net = net.half()
+    model = DiffusersUNet(net)
+    process = ddpm_from_diffusers(s)
+    opts = sample_options(s)
+    prec = "fp32" if precision == "fp16" and device == "cuda" else precision  # .half() net: fp16 weights
+
+    def run():
+        return diffcore.sample(model if prec == precision else _HalfIO(model), process, n=batch, shape=SHAPE,
+                               method="ancestral", steps=steps, seed=0, precision=prec, device=device, **opts)
+    return run
+
+
+class _HalfIO(torch.nn.Module):
+    """fp16 weights: fp16 input, fp32 output (the engine keeps fp32 state)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, t):
+        return self.model(x.half(), t).float()
+
+
+def diffusers_loop_with_our_noise(unet, steps, batch, device):
+    """diffusers' DDPMPipeline loop with diffcore's noise for x_T and every step."""
+    from diffusers.schedulers import scheduling_ddpm
+    s = scheduler()
+    src = dnoise.NoiseSource(0, torch.arange(batch, device=device), SHAPE)
+    k = {"step": 0}
+    original = scheduling_ddpm.randn_tensor
+
+    def our_noise(shape, generator=None, device=None, dtype=None, **kw):
+        return src.normal(k["step"]).to(dtype)
+
+    scheduling_ddpm.randn_tensor = our_noise
+    try:
+        s.set_timesteps(steps)
+        x = src.normal(0, dnoise.STREAM_INIT)
+        with torch.no_grad():
+            for t in s.timesteps:
+                x = s.step(unet(x, t).sample, t, x).prev_sample
+                k["step"] += 1
+    finally:
+        scheduling_ddpm.randn_tensor = original
+    return x
+
+
+def interleaved(fns, repeats):
+    for fn in fns.values():  # warm-up (and compilation)
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[k].append(time.perf_counter() - t0)
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="batch 2, 2 steps, 1 repeat, fp32 only (a smoke run)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--batch", type=int, default=None, help="batch (default: 16 on CPU, 256 on CUDA)")
+    ap.add_argument("--steps", type=int, default=None, help="steps (default: 10 on CPU, 100 on CUDA)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--precisions", default=None, help="comma list (default: fp32,bf16 on CPU; +fp16 on CUDA)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile contender")
+    a = ap.parse_args()
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cuda = a.device == "cuda"
+    batch = a.batch or (2 if a.quick else (256 if cuda else 16))
+    steps = a.steps or (2 if a.quick else (100 if cuda else 10))
+    repeats = 1 if a.quick else a.repeats
+    precisions = (a.precisions or ("fp32" if a.quick else ("fp32,bf16,fp16" if cuda else "fp32,bf16"))).split(",")
+
+    unet = cifar_unet().to(a.device)
+    rows, ratios = [], {}
+
+    # equality first: fp32 diffcore vs diffusers' loop with the same noise
+    ours = diffcore_runner(unet, steps, batch, "fp32", a.device)()
+    ref = diffusers_loop_with_our_noise(unet, steps, batch, a.device)
+    max_diff = (ours - ref).abs().max().item()
+    print(f"fp32 samples: max |diffcore - diffusers loop with the same noise| = {max_diff:.2e}")
+
+    for prec in precisions:
+        fns = {"diffusers": diffusers_runner(unet if prec != "fp16" else copy.deepcopy(unet).half(), steps, batch,
+                                             prec, a.device),
+               "diffcore": diffcore_runner(unet, steps, batch, prec, a.device)}
+        if not a.no_compile and prec != "fp16":
+            cu = torch.compile(copy.deepcopy(unet), mode="max-autotune" if cuda else None)
+            fns["diffusers+compile"] = diffusers_runner(cu, steps, batch, prec, a.device)
+        med = interleaved(fns, repeats)
+        for k, v in med.items():
+            rows.append({"precision": prec, "contender": k, "median_s": round(v, 3),
+                         "samples_per_s": round(batch / v, 2)})
+        for k in med:
+            if k != "diffcore":
+                ratios[f"{prec} diffcore vs {k}"] = round(med[k] / med["diffcore"], 3)
+        rows_prec = {r["contender"]: r for r in rows if r["precision"] == prec}
+        print_table(list(rows_prec.values()))
+        if prec == "bf16":
+            ratios["bf16 diffcore vs fp32 diffusers"] = None  # filled below when fp32 ran
+    fp32 = {r["contender"]: r["median_s"] for r in rows if r["precision"] == "fp32"}
+    bf16 = {r["contender"]: r["median_s"] for r in rows if r["precision"] == "bf16"}
+    if fp32 and bf16:
+        ratios["bf16 diffcore vs fp32 diffusers"] = round(fp32["diffusers"] / bf16["diffcore"], 3)
+    ratios = {k: v for k, v in ratios.items() if v is not None}
+    ratios["fp32 max abs diff vs diffusers loop"] = max_diff
+    print_table(rows)
+    for k, v in ratios.items():
+        print(f"{k}: {v}")
+    print(f"(batch {batch}, {steps} steps, {torch.get_num_threads()} threads, {a.device})")
+    path = write_results("sampling" if not a.quick else "sampling_quick", rows, ratios)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
