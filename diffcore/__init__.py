@@ -9,9 +9,10 @@ from .closed_form import GaussianMixture
 from .gaussian import Gaussian
 from .likelihood import bits_per_dim, decode, encode, likelihood
 from .discrete import DDPM, NCSN
+from .engine import NonFiniteError, Sampler
 from .sampling import sample
 from .sde import SDE, SubVPSDE, VESDE, VPSDE
 
 __version__ = "0.1.0"
-__all__ = ["likelihood", "bits_per_dim", "encode", "decode", "Gaussian", "NCSN", "DDPM", "SDE", "VESDE", "VPSDE", "SubVPSDE", "GaussianMixture", "sample",
+__all__ = ["likelihood", "bits_per_dim", "encode", "decode", "Gaussian", "NCSN", "DDPM", "SDE", "VESDE", "VPSDE", "SubVPSDE", "GaussianMixture", "sample", "Sampler", "NonFiniteError",
            "schedules", "losses", "noise", "parameterization", "controllable", "accelerate", "interop"]
