@@ -9,7 +9,10 @@
 #                                      (CUDA ops vs the float64 reference) and times CUDA paths (~4 min)
 #   2. benchmarks/gpu_kernels_part.sh  gpu-marked Triton tests (torch.compile, CUDA graphs, large
 #                                      shapes) and benchmarks/kernels.py --quick (~3 min)
-#   3. tests/test_unet_gpu.py          a U-Net step captured as a CUDA graph (1 min at most)
+#   3. tests/test_unet_gpu.py, the gpu-marked engine and accelerate tests: a U-Net step, every
+#      sampler's step captured as a CUDA graph, accelerated diffusers U-Nets on CUDA (1 min at most)
+#   4. benchmarks/sampling.py          diffusers' CIFAR-10 U-Net, batch 256, 100 steps: diffcore
+#                                      (bf16, CUDA graphs, fused ops) vs diffusers fp32/fp16/compile
 # then OUTDIR/summary.txt: the device, both parts' one-line-per-stage summaries, and where the
 # JSON figures are. Under 8 minutes in all; always exits 0 (the summary says what failed).
 set -u
@@ -36,9 +39,19 @@ KERNELS_PART_SECONDS=$(( 400 - (SECONDS - start) > 120 ? 400 - (SECONDS - start)
     timeout 170 bash benchmarks/gpu_kernels_part.sh "$out/kernels" > "$out/kernels_part.log" 2>&1
 echo "kernels part: exit $? after $((SECONDS - start)) s" >> "$out/parts.txt"
 # a whole U-Net sampling step on the fused ops, captured as a CUDA graph and replayed
-PYTHONPATH="$root" TRITON_INTERPRET=0 timeout 60 "$py" -m pytest -q -m gpu tests/test_unet_gpu.py -p no:cacheprovider \
+PYTHONPATH="$root" TRITON_INTERPRET=0 timeout 60 "$py" -m pytest -q -m gpu tests/test_unet_gpu.py \
+    tests/test_engine.py tests/test_accelerate.py -p no:cacheprovider \
     > "$out/unet_gpu_tests.log" 2>&1
 echo "unet gpu test: exit $? after $((SECONDS - start)) s ($(tail -1 "$out/unet_gpu_tests.log"))" >> "$out/parts.txt"
+
+# whole-loop sampling against diffusers; compile (max-autotune) only when time is left
+left=$(( 470 - (SECONDS - start) ))
+if [ "$left" -gt 200 ]; then compile_flag=""; else compile_flag="--no-compile"; fi
+PYTHONPATH="$root" TRITON_INTERPRET=0 timeout $(( left > 60 ? left : 60 )) "$py" benchmarks/sampling.py --repeats 3 \
+    $compile_flag > "$out/sampling.log" 2>&1
+rc=$?
+cp benchmarks/results/sampling.json "$out/" 2>/dev/null
+echo "sampling benchmark: exit $rc after $((SECONDS - start)) s $compile_flag" >> "$out/parts.txt"
 
 {
     cat "$out/device.txt"
@@ -46,7 +59,8 @@ echo "unet gpu test: exit $? after $((SECONDS - start)) s ($(tail -1 "$out/unet_
     cat "$out/parts.txt"
     echo "## native"; cat "$out/native/native_summary.txt" 2>/dev/null || echo "(no summary)"
     echo "## kernels"; cat "$out/kernels/kernels_summary.txt" 2>/dev/null || echo "(no summary)"
-    echo "## figures"; ls "$out"/native/*.json "$out"/kernels/*.json 2>/dev/null
+    echo "## sampling"; tail -12 "$out/sampling.log" 2>/dev/null
+    echo "## figures"; ls "$out"/native/*.json "$out"/kernels/*.json "$out"/sampling.json 2>/dev/null
     echo "total $((SECONDS - start)) s"
 } > "$out/summary.txt"
 cat "$out/summary.txt"
