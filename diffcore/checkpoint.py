@@ -37,6 +37,11 @@ def _atomic(path: str, write) -> str:
 def save_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> str:
     from safetensors.torch import save_file
 
+    if not isinstance(tensors, dict):
+        raise ValueError(f"tensors must be a dict of name -> torch.Tensor; got {type(tensors).__name__}")
+    bad = sorted(str(k) for k, v in tensors.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor))
+    if bad:
+        raise ValueError(f"tensors must map str names to torch.Tensors; bad entries {_short(bad)}")
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     return _atomic(path, lambda tmp: save_file(flat, tmp, metadata=meta))
@@ -50,11 +55,21 @@ def save_json(path: str, obj: dict) -> str:
     return _atomic(path, write)
 
 
-def refuse_pickle(path: str) -> None:
+def refuse_pickle(path: str, sniff: bool = False) -> None:
+    """A ValueError explaining why and how to convert when `path` names a pickle checkpoint:
+    by its suffix, or (sniff=True, for a file safetensors could not parse) by its first bytes."""
     path = os.fspath(path)
-    if path.lower().endswith(PICKLE_SUFFIXES):
+    head = b""
+    if sniff and os.path.isfile(path):
+        with open(path, "rb") as f:
+            head = f.read(4)
+    pickled = head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") or head == b"PK\x03\x04"
+    if path.lower().endswith(PICKLE_SUFFIXES) or pickled:
+        kind = os.path.splitext(path)[1] or "no suffix"
+        if pickled:
+            kind += ", but pickle or torch.save data inside"
         raise ValueError(
-            f"{path!r} looks like a pickle checkpoint ({os.path.splitext(path)[1]}); diffcore loads weights "
+            f"{path!r} looks like a pickle checkpoint ({kind}); diffcore loads weights "
             f"from safetensors only, because unpickling can run arbitrary code. Convert it once, in an "
             f"environment you trust: `import torch, safetensors.torch as st; "
             f"st.save_file(torch.load(p, weights_only=True), 'model.safetensors')`")
@@ -71,6 +86,23 @@ def load_tensors(path: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
+        refuse_pickle(path, sniff=True)  # a pickle renamed .safetensors gets the pickle explanation
+        raise ValueError(f"{path!r} is not a readable safetensors file (corrupt or truncated?): {e}") from e
+
+
+def read_metadata(path: str) -> dict:
+    """The string metadata of a safetensors file, without reading its tensors."""
+    from safetensors import SafetensorError, safe_open
+
+    path = os.fspath(path)
+    refuse_pickle(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weights file {path!r} does not exist")
+    try:
+        with safe_open(path, "pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        refuse_pickle(path, sniff=True)
         raise ValueError(f"{path!r} is not a readable safetensors file (corrupt or truncated?): {e}") from e
 
 

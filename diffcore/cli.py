@@ -50,12 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_shared_flags(args) -> None:
+    """Flags several subcommands share, checked before any work: --device exists here, --out
+    is a directory (or not there yet)."""
+    import os
+
+    from .validation import check_device
+
+    if getattr(args, "device", None) is not None:
+        check_device("--device", args.device)
+    out = getattr(args, "out", None)
+    if out is not None and os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} exists and is not a directory")
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # argparse's own usage errors exit 2
     try:
+        _check_shared_flags(args)
         return args.func(args)
-    except ValueError as e:
-        print(f"diffcore: error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as e:  # bad values, a missing model or data set: usage errors
+        print("diffcore: error: " + " ".join(str(e).split()), file=sys.stderr)  # one line
         return 2
 
 

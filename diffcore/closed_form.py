@@ -14,7 +14,7 @@ from . import noise as _noise
 from . import parameterization as P
 from .discrete import DDPM, NCSN
 from .sde import SDE
-from .validation import check_int
+from .validation import check_finite, check_int, check_real
 
 
 class GaussianMixture:
@@ -95,10 +95,14 @@ class GaussianMixture:
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact log-density of the clean mixture, float64 [B]."""
+        check_finite("x", x)
         return self.noised_log_prob(x, 1.0, 0.0)
 
     def posterior(self, x, m=1.0, s=0.0) -> torch.Tensor:
         """p(component k | x) under the noised mixture, float64 [B, K]: the exact classifier."""
+        check_finite("x", x)
+        if not isinstance(s, torch.Tensor) and not check_real("s", s) >= 0:
+            raise ValueError(f"s must be >= 0 (a noise std); got {s}")
         return torch.softmax(self._noised(x, m, s)[0], dim=0).T
 
     def noised_score(self, x, m, s) -> torch.Tensor:

@@ -15,7 +15,7 @@ import pickle
 import numpy as np
 import torch
 
-from .validation import check_choice
+from .validation import check_choice, check_int
 
 DIGITS_HELDOUT = 500        # digits kept out of training: the eval reference set
 DIGITS_SPLIT_SEED = 0
@@ -60,6 +60,8 @@ def quantize_digits(x: torch.Tensor) -> torch.Tensor:
 def toy(name: str, n: int = 10000, seed: int = 0) -> torch.Tensor:
     """n points of a 2-D toy distribution, scaled to roughly [-1, 1]^2."""
     check_choice("toy", name, TOYS)
+    n = check_int("n", n, lo=1)
+    seed = check_int("seed", seed, lo=0, hi=2**63 - 1)
     g = torch.Generator().manual_seed(seed)
     if name == "two_gaussians":
         k = (torch.rand(n, generator=g) < 0.2).double()
@@ -90,6 +92,8 @@ def folder(path: str, size: int | None = None) -> torch.Tensor:
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"data folder {path!r} does not exist")
+    if size is not None:
+        size = check_int("size", size, lo=1)
     names = sorted(f for f in os.listdir(path) if f.lower().endswith((".png", ".npy")))
     if not names:
         raise ValueError(f"data folder {path!r} has no .png or .npy images")

@@ -17,7 +17,10 @@ VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 
 
 def _as_schedule(name: str, values) -> torch.Tensor:
-    t = torch.as_tensor(values, dtype=torch.float64).detach().cpu().clone()
+    try:
+        t = torch.as_tensor(values, dtype=torch.float64).detach().cpu().clone()
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be a non-empty 1-D sequence of numbers; got {type(values).__name__}") from None
     if t.dim() != 1 or t.numel() < 1:
         raise ValueError(f"{name} must be a non-empty 1-D sequence; got shape {tuple(t.shape)}")
     if not torch.isfinite(t).all():
@@ -57,6 +60,11 @@ class NCSN:
         return torch.ones_like(sigma), sigma
 
     def perturb(self, x: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        if not isinstance(sigma, torch.Tensor) or sigma.shape != (x.shape[0],):
+            raise ValueError(f"sigma must be a tensor [B] = [{x.shape[0]}]; got "
+                             f"{tuple(sigma.shape) if isinstance(sigma, torch.Tensor) else type(sigma).__name__}")
+        if noise.shape != x.shape:
+            raise ValueError(f"noise must have x's shape {tuple(x.shape)}; got {tuple(noise.shape)}")
         return x + P.bcast(sigma.to(x.dtype), x) * noise
 
 
@@ -131,6 +139,8 @@ class DDPM:
 
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
+        if x0.shape != x_t.shape:
+            raise ValueError(f"x0 must have x_t's shape {tuple(x_t.shape)}; got {tuple(x0.shape)}")
         mean = gather(self.posterior_mean_coef1, t, x_t) * x0 + gather(self.posterior_mean_coef2, t, x_t) * x_t
         return mean, gather(self.posterior_variance, t, x_t), gather(self.posterior_log_variance_clipped, t, x_t)
 

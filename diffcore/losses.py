@@ -69,10 +69,16 @@ def score_matching_loss(score_fn, x: torch.Tensor, method: str = "exact", projec
 
 
 # ---- NCSN ---------------------------------------------------------------------------------
+def _check_process(name: str, process, cls, what: str):
+    if not isinstance(process, cls):
+        raise ValueError(f"{name} must be {what}; got {type(process).__name__}")
+
+
 def dsm_loss(model, ncsn: NCSN, x0: torch.Tensor, levels: torch.Tensor | None = None,
              noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """lambda(sigma) * 1/2 |s(x~, sigma) + (x~ - x) / sigma^2|^2 with lambda = sigma^2,
     i.e. 1/2 |sigma s + z|^2, for a level index i ~ U{0..L-1} per sample (NCSN eq. 5-6)."""
+    _check_process("ncsn", ncsn, NCSN, "an NCSN")
     check_finite("x0", x0)
     B = x0.shape[0]
     if levels is None:
@@ -88,6 +94,7 @@ def dsm_loss(model, ncsn: NCSN, x0: torch.Tensor, levels: torch.Tensor | None = 
 
 # ---- DDPM ---------------------------------------------------------------------------------
 def _ddpm_draws(ddpm: DDPM, x0, t, noise, generator):
+    _check_process("ddpm", ddpm, DDPM, "a DDPM")
     check_finite("x0", x0)
     if t is None:
         t = torch.randint(0, ddpm.T, (x0.shape[0],), generator=generator, device=x0.device)
@@ -154,6 +161,7 @@ def ddpm_hybrid_loss(model, ddpm: DDPM, x0, t=None, noise=None, generator=None,
     L_vlb is estimated as T * L_t (t uniform), and the mean is frozen in it (stop-gradient
     on eps), so the VLB trains only the variance, as in Nichol & Dhariwal §3.1.
     """
+    _check_process("ddpm", ddpm, DDPM, "a DDPM")
     if ddpm.variance != "learned_range":
         raise ValueError(f"ddpm_hybrid_loss needs variance='learned_range'; got {ddpm.variance!r}")
     t, z, xt = _ddpm_draws(ddpm, x0, t, noise, generator)
@@ -178,6 +186,7 @@ def sde_score_loss(model, sde: SDE, x0, t=None, noise=None, generator=None, weig
     """
     check_choice("weighting", weighting, WEIGHTINGS)
     check_choice("reduce", reduce, ("sum", "mean"))
+    _check_process("sde", sde, SDE, "a VESDE, VPSDE or SubVPSDE")
     check_finite("x0", x0)
     eps = sde.check_eps(eps)
     B = x0.shape[0]

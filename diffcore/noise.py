@@ -75,6 +75,19 @@ def _words(seed: int, sample_idx: torch.Tensor, step: int, stream: int, numel: i
     return torch.stack(w, dim=-1)
 
 
+def _check_shape(shape, dtype) -> tuple:
+    """One sample's shape as a tuple of ints >= 0, and a floating-point dtype."""
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise ValueError(f"shape must be a tuple of ints (one sample's shape); got {shape!r}") from None
+    for d in shape:
+        check_int("shape entries", d, lo=0)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch.dtype; got {dtype!r}")
+    return shape
+
+
 def _check_args(seed, sample_idx, step, stream):
     check_int("seed", seed, lo=0, hi=2**64 - 1)
     check_int("step", step, lo=0, hi=_MASK32)
@@ -89,9 +102,9 @@ def uniform(seed: int, sample_idx: torch.Tensor, step: int, shape, stream: int =
             dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Uniform (0, 1) numbers of shape [len(sample_idx), *shape] from the counter generator."""
     _check_args(seed, sample_idx, step, stream)
-    shape = tuple(shape)
+    shape = _check_shape(shape, dtype)
     numel = math.prod(shape)
-    w = _words(seed, sample_idx, step, stream, numel).reshape(len(sample_idx), -1)[:, :numel]
+    w = _words(seed, sample_idx, step, stream, numel).flatten(1)[:, :numel]  # flatten: B = 0 works too
     return uint32_to_uniform(w).to(dtype).reshape(len(sample_idx), *shape).contiguous()
 
 
@@ -102,7 +115,7 @@ def normal(seed: int, sample_idx: torch.Tensor, step: int, shape, stream: int = 
     float32 math so the Triton and CUDA implementations can match to rounding.
     """
     _check_args(seed, sample_idx, step, stream)
-    shape = tuple(shape)
+    shape = _check_shape(shape, dtype)
     numel = math.prod(shape)
     w = _words(seed, sample_idx, step, stream, numel)          # [B, G, 4]
     u = uint32_to_uniform(w).to(torch.float32)
@@ -110,7 +123,7 @@ def normal(seed: int, sample_idx: torch.Tensor, step: int, shape, stream: int = 
     r = torch.sqrt(-2.0 * torch.log(u1))
     theta = (2.0 * math.pi) * u2
     z = torch.stack((r * torch.cos(theta), r * torch.sin(theta)), dim=-1)  # [B, G, 2, 2]
-    z = z.reshape(len(sample_idx), -1)[:, :numel]
+    z = z.flatten(1)[:, :numel]
     # contiguous: a strided view would send later ops down other kernels (other rounding)
     return z.to(dtype).reshape(len(sample_idx), *shape).contiguous()
 

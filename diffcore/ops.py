@@ -23,13 +23,14 @@ the same numbers as diffcore.noise inside the kernel.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import warnings
 
 import torch
 
 from . import noise as _noise
-from .validation import check_choice
+from .validation import check_choice, check_int, check_real
 
 BACKENDS = ("torch", "native", "triton")
 _MODULES = {"native": "diffcore.native", "triton": "diffcore.kernels"}
@@ -68,6 +69,7 @@ def _needs_grad(*tensors) -> bool:
 def resolve(op: str, device: torch.device, backend: str | None = None, needs_grad: bool = False) -> str:
     """The backend that runs `op` on `device`: explicit > DIFFCORE_BACKEND > fastest present
     (among those that support autograd for it when the call needs gradients)."""
+    check_choice("op", op, tuple(REFERENCE))
     asked = backend if backend is not None else (os.environ.get("DIFFCORE_BACKEND") or None)
     if asked is not None:
         check_choice("backend" if backend is not None else "DIFFCORE_BACKEND", asked, BACKENDS + ("auto",))
@@ -93,11 +95,13 @@ def _impl(op: str, device: torch.device, backend: str | None, *inputs):
 
 
 # ---- shared argument checks ---------------------------------------------------------------
-def _tensor(name: str, x, floating: bool = True) -> torch.Tensor:
+def _tensor(name: str, x, floating: bool = True, min_dim: int = 0) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
     if floating and not x.dtype.is_floating_point:
         raise ValueError(f"{name} must be a floating-point tensor; got dtype {x.dtype}")
+    if x.dim() < min_dim:
+        raise ValueError(f"{name} must be [B, ...] (one row per sample); got shape {tuple(x.shape)}")
     return x
 
 
@@ -111,6 +115,10 @@ def _same(name: str, y: torch.Tensor, x: torch.Tensor) -> None:
 
 def _per_sample(name: str, c, x: torch.Tensor) -> torch.Tensor:
     """A coefficient as a float tensor [B] on x's device (a Python number is broadcast)."""
+    if not isinstance(c, torch.Tensor):
+        check_real(name, c, finite=False)  # -inf is a valid log-variance (no noise at t = 0)
+    elif c.dtype == torch.bool or c.dtype.is_complex:
+        raise ValueError(f"{name} must be a real tensor; got dtype {c.dtype}")
     c = torch.as_tensor(c, device=x.device)
     if not c.dtype.is_floating_point:
         c = c.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
@@ -121,15 +129,27 @@ def _per_sample(name: str, c, x: torch.Tensor) -> torch.Tensor:
     return c
 
 
+def _check_address(x: torch.Tensor, seed, sample_idx, step, stream) -> None:
+    """The counter generator's address: seed in [0, 2**64), step and stream in [0, 2**32),
+    sample_idx an integer tensor [B]."""
+    if seed is None or sample_idx is None:
+        raise ValueError("give either noise= (a tensor like x) or seed= and sample_idx= for in-kernel noise")
+    check_int("seed", seed, lo=0, hi=2**64 - 1)
+    check_int("step", step, lo=0, hi=2**32 - 1)
+    check_int("stream", stream, lo=0, hi=2**32 - 1)
+    if (not isinstance(sample_idx, torch.Tensor) or sample_idx.shape != (x.shape[0],)
+            or sample_idx.dtype.is_floating_point or sample_idx.dtype.is_complex or sample_idx.dtype == torch.bool):
+        got = (f"{sample_idx.dtype} {tuple(sample_idx.shape)}" if isinstance(sample_idx, torch.Tensor)
+               else type(sample_idx).__name__)
+        raise ValueError(f"sample_idx must be an integer tensor of shape [B] = [{x.shape[0]}]; got {got}")
+
+
 def draw_noise(x: torch.Tensor, noise, seed, sample_idx, step: int, stream: int) -> torch.Tensor:
     """The step's noise: the given tensor, or the counter generator's draw for that address."""
     if noise is not None:
         _same("noise", noise, x)
         return noise
-    if seed is None or sample_idx is None:
-        raise ValueError("give either noise= (a tensor like x) or seed= and sample_idx= for in-kernel noise")
-    if not isinstance(sample_idx, torch.Tensor) or sample_idx.shape != (x.shape[0],):
-        raise ValueError(f"sample_idx must be an integer tensor of shape [B] = [{x.shape[0]}]")
+    _check_address(x, seed, sample_idx, step, stream)
     z = _noise.normal(seed, sample_idx.to(x.device), step, x.shape[1:], stream, dtype=torch.float32)
     return z.to(x.dtype)
 
@@ -159,7 +179,7 @@ def _check_norm_args(x, num_groups, weight, bias, eps, emb):
             raise ValueError(f"emb must have shape [N, C] = [{x.shape[0]}, {C}]; got {tuple(emb.shape)}")
         if emb.device != x.device:
             raise ValueError(f"emb must be on x's device {x.device}; got {emb.device}")
-    if not eps > 0:
+    if not check_real("eps", eps) > 0:
         raise ValueError(f"eps must be > 0; got {eps}")
 
 
@@ -243,8 +263,9 @@ def langevin_step_reference(x, score, alpha, snr, z, norm="per_sample"):
     batch-averaged (score_sde); x_mean = x + step score; x = x_mean + sqrt(2 step) z."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     sa, za = score.to(acc), z.to(acc)
-    g = torch.linalg.vector_norm(sa.contiguous().flatten(1), dim=1)
-    n = torch.linalg.vector_norm(za.contiguous().flatten(1), dim=1)
+    flat = (x.shape[0], math.prod(x.shape[1:]))  # [B] (one value per sample) and B = 0 included
+    g = torch.linalg.vector_norm(sa.reshape(flat), dim=1)
+    n = torch.linalg.vector_norm(za.reshape(flat), dim=1)
     if norm == "batch":
         g, n = g.mean().expand_as(g), n.mean().expand_as(n)
     step = 2 * alpha.to(acc) * (snr * n / g) ** 2
@@ -273,10 +294,7 @@ def _step_noise(op, x, noise, seed, sample_idx, step, stream, backend, *inputs):
     name = resolve(op, x.device, backend, _needs_grad(x, *inputs))
     if noise is not None or name == "torch":
         return name, draw_noise(x, noise, seed, sample_idx, step, stream), None
-    if seed is None or sample_idx is None:
-        raise ValueError("give either noise= (a tensor like x) or seed= and sample_idx= for in-kernel noise")
-    if not isinstance(sample_idx, torch.Tensor) or sample_idx.shape != (x.shape[0],):
-        raise ValueError(f"sample_idx must be an integer tensor of shape [B] = [{x.shape[0]}]")
+    _check_address(x, seed, sample_idx, step, stream)
     return name, None, (int(seed), sample_idx.to(x.device), int(step), int(stream))
 
 
@@ -299,14 +317,15 @@ def residual_add(skip, h, scale=1.0, *, backend=None):
     """(skip + h) * scale: the residual block's epilogue (scale 1/sqrt(2) for skip rescaling)."""
     _tensor("h", h)
     _same("skip", skip, h)
-    return _impl("residual_add", h.device, backend, skip, h)(skip, h, float(scale))
+    scale = check_real("scale", scale)
+    return _impl("residual_add", h.device, backend, skip, h)(skip, h, scale)
 
 
 def affine_step(x, score, a, b, std, *, noise=None, seed=None, sample_idx=None, step=0, stream=0, backend=None):
     """x_mean = a x + b score, x = x_mean + std z: Euler-Maruyama, reverse-diffusion and
     ancestral predictors of every SDE, and the probability-flow Euler step (std = 0).
     Returns (x, x_mean)."""
-    _tensor("x", x)
+    _tensor("x", x, min_dim=1)
     _same("score", score, x)
     a, b, std = (_per_sample(n, c, x) for n, c in (("a", a), ("b", b), ("std", std)))
     name, z, addr = _step_noise("affine_step", x, noise, seed, sample_idx, step, stream, backend, score, a, b, std)
@@ -316,7 +335,7 @@ def affine_step(x, score, a, b, std, *, noise=None, seed=None, sample_idx=None, 
 def heun_step(x, score1, x_pred, score2, a, b, c, d, *, backend=None):
     """x_next = a x + b score1 + c x_pred + d score2: Heun's second stage for an ODE whose drift
     is linear in x and the score (step_coeffs.heun gives a, b, c, d)."""
-    _tensor("x", x)
+    _tensor("x", x, min_dim=1)
     for n, y in (("score1", score1), ("x_pred", x_pred), ("score2", score2)):
         _same(n, y, x)
     co = [_per_sample(n, v, x) for n, v in (("a", a), ("b", b), ("c", c), ("d", d))]
@@ -328,7 +347,7 @@ def ddpm_step(x, eps, sqrt_recip_abar, sqrt_recipm1_abar, coef_x0, coef_xt, log_
               noise=None, seed=None, sample_idx=None, step=0, stream=0, backend=None):
     """DDPM ancestral step with fixed (log_var [B]) or learned-range (v like x, log_var and
     log_var_max [B]) variance; see ddpm_step_reference. Returns (x_prev, mean, pred_x0)."""
-    _tensor("x", x)
+    _tensor("x", x, min_dim=1)
     _same("eps", eps, x)
     co = [_per_sample(n, c, x) for n, c in (("sqrt_recip_abar", sqrt_recip_abar),
                                               ("sqrt_recipm1_abar", sqrt_recipm1_abar),
@@ -347,7 +366,7 @@ def ddim_step(x, eps, abar_t, abar_prev, eta, *, clip_denoised=False,
               noise=None, seed=None, sample_idx=None, step=0, stream=0, backend=None):
     """DDIM step (eta = 0 needs no noise: pass noise=torch.zeros_like(x) or a seed).
     Returns (x_prev, pred_x0)."""
-    _tensor("x", x)
+    _tensor("x", x, min_dim=1)
     _same("eps", eps, x)
     co = [_per_sample(n, c, x) for n, c in (("abar_t", abar_t), ("abar_prev", abar_prev), ("eta", eta))]
     name, z, addr = _step_noise("ddim_step", x, noise, seed, sample_idx, step, stream, backend, eps)
@@ -357,11 +376,11 @@ def ddim_step(x, eps, abar_t, abar_prev, eta, *, clip_denoised=False,
 def langevin_step(x, score, alpha, snr, *, norm="per_sample",
                   noise=None, seed=None, sample_idx=None, step=0, stream=0, backend=None):
     """Langevin corrector step with its norm reductions fused. Returns (x, x_mean)."""
-    _tensor("x", x)
+    _tensor("x", x, min_dim=1)
     _same("score", score, x)
     check_choice("norm", norm, ("per_sample", "batch"))
     alpha = _per_sample("alpha", alpha, x)
-    if not float(snr) > 0:
+    if not check_real("snr", snr) > 0:
         raise ValueError(f"snr must be > 0; got {snr}")
     name, z, addr = _step_noise("langevin_step", x, noise, seed, sample_idx, step, stream, backend, score)
     return _call_step("langevin_step", name, (x, score, alpha, float(snr)), z, addr, norm=norm)

@@ -18,6 +18,12 @@ def bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v.reshape(v.shape[0], *([1] * (x.dim() - 1)))
 
 
+def _pair(x, name, y) -> None:
+    """x and the prediction y must have one shape (m and s broadcast; x and y do not)."""
+    if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape != y.shape:
+        raise ValueError(f"{name} must have x's shape {tuple(x.shape)}; got {tuple(y.shape)}")
+
+
 def score_from_eps(eps, s):
     return -eps / s
 
@@ -27,28 +33,35 @@ def eps_from_score(score, s):
 
 
 def x0_from_eps(x, eps, m, s):
+    _pair(x, "eps", eps)
     return (x - s * eps) / m
 
 
 def eps_from_x0(x, x0, m, s):
+    _pair(x, "x0", x0)
     return (x - m * x0) / s
 
 
 def x0_from_score(x, score, m, s):
+    _pair(x, "score", score)
     return (x + s * s * score) / m
 
 
 def score_from_x0(x, x0, m, s):
+    _pair(x, "x0", x0)
     return -(x - m * x0) / (s * s)
 
 
 def v_from_eps(x, eps, m, s):
+    _pair(x, "eps", eps)
     return m * eps - s * x0_from_eps(x, eps, m, s)
 
 
 def x0_from_v(x, v, m, s):
+    _pair(x, "v", v)
     return (m * x - s * v) / (m * m + s * s)
 
 
 def eps_from_v(x, v, m, s):
+    _pair(x, "v", v)
     return (s * x + m * v) / (m * m + s * s)

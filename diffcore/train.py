@@ -19,13 +19,13 @@ import torch
 
 from . import losses
 from . import data as datasets
-from .checkpoint import load_json, load_state, load_tensors, save_json, save_tensors
+from .checkpoint import load_json, load_state, load_tensors, read_metadata, save_json, save_tensors
 from .discrete import DDPM, NCSN
 from .models.process_model import ProcessModel
 from .models.spec import CONDITIONING, FAMILIES, FORMAT, build_network, build_process
 from .progress import Progress
 from .schedules import sigma_max_from_data
-from .validation import check_choice, check_int, check_positive
+from .validation import check_choice, check_device, check_int, check_positive
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 LOSSES = ("simple", "hybrid")
@@ -65,6 +65,8 @@ class TrainConfig:
         if self.loss == "hybrid" and self.family != "ddpm":
             raise ValueError(f"loss='hybrid' (learned variance) is for family='ddpm'; got family={self.family!r}")
         check_int("checkpoint_every", self.checkpoint_every, lo=1)
+        if not isinstance(self.data, str) or not self.data:
+            raise ValueError(f"data must be a data spec string (digits, toy:NAME, folder:PATH, cifar10:PATH); got {self.data!r}")
         if not isinstance(self.process, dict) or not isinstance(self.network, dict):
             raise ValueError("process and network must be dicts of options")
 
@@ -125,8 +127,14 @@ class Trainer:
                  device: str | torch.device = "cpu", progress: bool = True, command: str | None = None):
         if not isinstance(config, TrainConfig):
             raise ValueError(f"config must be a TrainConfig; got {type(config).__name__}")
-        self.config, self.out_dir, self.command = config, out_dir, command
-        self.device = torch.device(device)
+        if not isinstance(out_dir, (str, os.PathLike)):
+            raise ValueError(f"out_dir must be a directory path; got {type(out_dir).__name__}")
+        if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+            raise ValueError(f"out_dir {os.fspath(out_dir)!r} exists and is not a directory")
+        if data is not None and not isinstance(data, torch.Tensor):
+            raise ValueError(f"data must be a torch.Tensor [N, ...] (or None to load config.data); got {type(data).__name__}")
+        self.config, self.out_dir, self.command = config, os.fspath(out_dir), command
+        self.device = check_device("device", device)
         self.data = datasets.load(config.data) if data is None else data.float()
         if self.data.dim() < 2 or self.data.shape[0] < 1:
             raise ValueError(f"data must be [N, ...] with N >= 1; got {tuple(self.data.shape)}")
@@ -209,8 +217,8 @@ class Trainer:
         if not os.path.exists(js):
             return False
         meta = load_json(js)
-        if meta.get("format") != "diffcore-checkpoint":
-            raise ValueError(f"{js}: not a diffcore training checkpoint")
+        if meta.get("format") != "diffcore-checkpoint" or not isinstance(meta.get("step"), int):
+            raise ValueError(f"{js}: not a diffcore training checkpoint (format 'diffcore-checkpoint' with an integer step)")
         saved = meta.get("config", {})
         now = self.config.to_dict()
         differ = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE and saved.get(k) != now.get(k))
@@ -218,9 +226,11 @@ class Trainer:
             raise ValueError(f"cannot resume {self.out_dir!r}: its checkpoint was trained with other settings for "
                              f"{differ} (saved {[saved.get(k) for k in differ]}, now {[now.get(k) for k in differ]}); "
                              f"use the same options or another output directory")
-        from safetensors import safe_open
-        with safe_open(st, "pt") as f:
-            tensor_step = int((f.metadata() or {}).get("step", -1))
+        try:
+            tensor_step = int(read_metadata(st).get("step", -1))
+        except FileNotFoundError:
+            raise ValueError(f"{js} names step {meta['step']} but {st} is missing: the checkpoint is incomplete; "
+                             f"delete {js} to restart") from None
         if tensor_step != meta["step"]:
             raise ValueError(f"{st} (step {tensor_step}) and {js} (step {meta['step']}) disagree: "
                              f"the last checkpoint write was interrupted; delete both to restart")
@@ -254,6 +264,8 @@ class Trainer:
         """Train to config.steps (or stop early after step `stop_at`, checkpointing there, as an
         interrupted run would). Returns {"step", "loss", "seconds", "out_dir"}."""
         c = self.config
+        if stop_at is not None:
+            check_int("stop_at", stop_at, lo=1)
         if resume:
             self.resume()
         self.net.train()

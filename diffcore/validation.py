@@ -61,3 +61,44 @@ def check_batch_time(name: str, t, batch: int, lo: float, hi: float, like: torch
         raise ValueError(f"{name} must lie in [{lo}, {hi}]; got values in [{t_min}, {t_max}]")
     return t
 
+
+
+def check_real(name: str, value, finite: bool = True) -> float:
+    """A real Python number or 0-d tensor as a float (NaN, and Inf when finite, refused)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.dtype.is_complex and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number; got {type(value).__name__} {value!r}")
+    value = float(value)
+    if value != value or (finite and value in (float("inf"), float("-inf"))):
+        raise ValueError(f"{name} must be {'finite' if finite else 'a number, not NaN'}; got {value}")
+    return value
+
+
+def check_tensor(name: str, x, floating: bool = True, min_dim: int = 0) -> torch.Tensor:
+    """x is a torch.Tensor (floating-point unless floating=False) with at least min_dim dims."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    if floating and not x.dtype.is_floating_point:
+        raise ValueError(f"{name} must be a floating-point tensor; got dtype {x.dtype}")
+    if x.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dimension(s); got shape {tuple(x.shape)}")
+    return x
+
+
+def check_device(name: str, device) -> torch.device:
+    """A torch.device that exists here: a bad string or an absent CUDA gives a ValueError."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name} must be a torch device such as 'cpu', 'cuda' or 'cuda:1'; got {device!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}={device!r}: CUDA is not available here; use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}={device!r}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise ValueError(f"{name}={device!r}: diffcore runs on 'cpu' or 'cuda'; got device type {dev.type!r}")
+    return dev

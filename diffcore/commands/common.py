@@ -34,6 +34,19 @@ def positive_float(name):
     return parse
 
 
+def unit_interval(name):
+    """A float in [0, 1) (a decay rate)."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number in [0, 1); got {text!r}") from None
+        if not 0 <= value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must lie in [0, 1); got {text}")
+        return value
+    return parse
+
+
 def json_object(name):
     def parse(text):
         try:

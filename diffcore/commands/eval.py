@@ -7,7 +7,8 @@ import json
 import os
 import time
 
-from .common import positive_int
+from ..sampling import METHODS
+from .common import nonneg_int, positive_int
 
 
 def add_parser(sub):
@@ -20,9 +21,9 @@ def add_parser(sub):
     e.add_argument("--model", default=None, help="model directory (default: the embedded digits model)")
     e.add_argument("--samples", default=None, help="evaluate these samples (.npz, uint8 NHWC under arr_0) instead of sampling")
     e.add_argument("--n", type=positive_int("--n"), default=500, help="samples to draw (default: 500)")
-    e.add_argument("--method", default="ancestral", help="sampler (default: ancestral, DDPM models)")
+    e.add_argument("--method", choices=sorted(METHODS), default="ancestral", help="sampler (default: ancestral, DDPM models)")
     e.add_argument("--steps", type=positive_int("--steps"), default=100, help="sampler steps (default: 100)")
-    e.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    e.add_argument("--seed", type=nonneg_int("--seed"), default=0, help="noise seed (default: 0)")
     e.add_argument("--fid", metavar="REF.npz", default=None,
                    help="Inception FID of the samples against a reference .npz (needs torch-fidelity or clean-fid "
                         "and their Inception weights available locally)")
@@ -85,7 +86,15 @@ def run(args) -> int:
     if args.samples:
         if not os.path.exists(args.samples):
             raise ValueError(f"--samples file {args.samples!r} does not exist")
-        u8 = np.load(args.samples, allow_pickle=False)["arr_0"]
+        try:
+            with np.load(args.samples, allow_pickle=False) as f:
+                u8 = f["arr_0"]
+        except (ValueError, OSError, KeyError, AttributeError) as e:
+            raise ValueError(f"--samples {args.samples!r} must be an .npz with uint8 images [n, H, W, C] under "
+                             f"arr_0 (what diffcore sample writes): {e}") from None
+        if u8.dtype != np.uint8 or u8.ndim != 4 or len(u8) == 0:
+            raise ValueError(f"--samples {args.samples!r} must hold uint8 images [n, H, W, C] under arr_0; "
+                             f"got {u8.dtype} {u8.shape}")
         x = torch.from_numpy(u8).permute(0, 3, 1, 2).float() / 127.5 - 1
         source, npz = args.samples, args.samples
     else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from .common import positive_int
+from .common import nonneg_int, positive_float, positive_int
 
 
 def add_parser(sub):
@@ -24,8 +24,8 @@ def add_parser(sub):
                     help="Jacobian trace: exact, or Hutchinson-Skilling probes (default: hutchinson; gmm: exact)")
     lk.add_argument("--probes", type=positive_int("--probes"), default=None,
                     help="Hutchinson probes (default: 1 for models, 8 for gmm)")
-    lk.add_argument("--tol", type=float, default=1e-5, help="RK45 rtol and atol (default: 1e-5)")
-    lk.add_argument("--seed", type=int, default=0, help="seed of the points, probes and dequantization (default: 0)")
+    lk.add_argument("--tol", type=positive_float("--tol"), default=1e-5, help="RK45 rtol and atol (default: 1e-5)")
+    lk.add_argument("--seed", type=nonneg_int("--seed"), default=0, help="seed of the points, probes and dequantization (default: 0)")
     lk.set_defaults(func=run)
 
 

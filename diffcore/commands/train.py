@@ -6,7 +6,7 @@ import shlex
 import sys
 
 from ..models.spec import FAMILIES
-from .common import json_object, nonneg_int, positive_float, positive_int
+from .common import json_object, nonneg_int, positive_float, positive_int, unit_interval
 
 
 def add_parser(sub):
@@ -26,7 +26,7 @@ def add_parser(sub):
     t.add_argument("--lr", type=positive_float("--lr"), default=2e-4, help="Adam learning rate (default: 2e-4)")
     t.add_argument("--warmup", type=nonneg_int("--warmup"), default=100, help="linear warm-up steps (default: 100)")
     t.add_argument("--grad-clip", type=positive_float("--grad-clip"), default=1.0, help="gradient-norm clip (default: 1)")
-    t.add_argument("--ema-decay", type=float, default=0.999, help="EMA rate of the exported weights (default: 0.999)")
+    t.add_argument("--ema-decay", type=unit_interval("--ema-decay"), default=0.999, help="EMA rate of the exported weights (default: 0.999)")
     t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast precision of the network (default: fp32)")
     t.add_argument("--seed", type=nonneg_int("--seed"), default=0, help="seed of every random draw (default: 0)")

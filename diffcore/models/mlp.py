@@ -41,6 +41,10 @@ class MLP(nn.Module):
 
     def __init__(self, config: MLPConfig | None = None, **kwargs):
         super().__init__()
+        if config is not None and kwargs:
+            raise ValueError("give either an MLPConfig or keyword options, not both")
+        if config is not None and not isinstance(config, MLPConfig):
+            raise ValueError(f"config must be an MLPConfig (MLPConfig.from_dict for a dict); got {type(config).__name__}")
         self.config = c = config or MLPConfig(**kwargs)
         if c.conditioning == "sigma":
             self.fourier = dnn.GaussianFourierProjection(c.hidden)
@@ -51,9 +55,13 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         c = self.config
+        if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
+            raise ValueError(f"x must be a floating-point tensor; got {x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
         if x.dim() != 2 or x.shape[1] != c.dim:
             raise ValueError(f"x must be [B, {c.dim}]; got {tuple(x.shape)}")
         t = torch.as_tensor(t, device=x.device).expand(x.shape[0]) if torch.as_tensor(t).dim() == 0 else t
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"t must have shape [B] = [{x.shape[0]}]; got {tuple(t.shape)}")
         if c.conditioning == "sigma":
             feats = self.fourier(torch.log(t.to(torch.float32)))
         else:

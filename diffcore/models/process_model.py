@@ -20,6 +20,9 @@ class ProcessModel(nn.Module):
         super().__init__()
         if not isinstance(process, (DDPM, NCSN, SDE)):
             raise ValueError(f"process must be a DDPM, NCSN or SDE; got {type(process).__name__}")
+        if not isinstance(net, nn.Module) or not hasattr(getattr(net, "config", None), "conditioning"):
+            raise ValueError(f"net must be a diffcore network (UNet or MLP, with .config.conditioning); "
+                             f"got {type(net).__name__}")
         self.net, self.process = net, process
         self.conditioning = net.config.conditioning
         if isinstance(process, DDPM) and self.conditioning != "discrete":

@@ -31,6 +31,11 @@ DEFAULT_MODEL = os.path.join(ASSETS, "digits-ddpm")
 
 def build_process(family: str, p: dict):
     check_choice("family", family, FAMILIES)
+    if not isinstance(p, dict):
+        raise ValueError(f"process must be a dict of options; got {type(p).__name__}")
+    need = {"ncsn": "sigma_max", "sde-ve": "sigma_max"}.get(family)
+    if need is not None and need not in p:
+        raise ValueError(f"process options for family={family!r} need {need!r}; got keys {sorted(p)}")
     if family == "ddpm":
         sched = check_choice("schedule", p.get("schedule", "linear"), ("linear", "cosine"))
         betas = schedules.linear_betas(p.get("T", 1000)) if sched == "linear" else schedules.cosine_betas(p.get("T", 1000))
@@ -44,7 +49,11 @@ def build_process(family: str, p: dict):
 
 
 def build_network(net: dict) -> torch.nn.Module:
+    if not isinstance(net, dict):
+        raise ValueError(f"network must be a dict {{'type': ..., 'config': {{...}}}}; got {type(net).__name__}")
     kind = check_choice("network type", net.get("type"), ("unet", "mlp"))
+    if not isinstance(net.get("config", {}), dict):
+        raise ValueError(f"network config must be a dict of options; got {type(net.get('config')).__name__}")
     cfg = dict(net.get("config", {}))
     return UNet(UNetConfig.from_dict(cfg)) if kind == "unet" else MLP(MLPConfig.from_dict(cfg))
 
@@ -62,6 +71,9 @@ def check_spec(spec: dict, where: str = "model.json") -> dict:
 def load_model(path: str = DEFAULT_MODEL, device=None):
     """(model(x, t) for the process, the process, the spec) from a model directory holding
     model.json and model.safetensors (or from the .safetensors file beside its .json)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path must be a model directory or a .safetensors file; got {type(path).__name__}")
+    path = os.fspath(path)
     refuse_pickle(path)
     if os.path.isdir(path):
         spec_path, weights = os.path.join(path, "model.json"), os.path.join(path, "model.safetensors")

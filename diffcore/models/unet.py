@@ -142,6 +142,8 @@ class UNet(nn.Module):
             config = UNetConfig(**kwargs)
         elif kwargs:
             raise ValueError("give either a UNetConfig or keyword options, not both")
+        if not isinstance(config, UNetConfig):
+            raise ValueError(f"config must be a UNetConfig (UNetConfig.from_dict for a dict); got {type(config).__name__}")
         self.config = c = config
         ch, temb_ch, G = c.ch, 4 * c.ch, c.num_groups
         if c.conditioning == "sigma":
@@ -196,6 +198,8 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         c = self.config
+        if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
+            raise ValueError(f"x must be a floating-point tensor; got {x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
         if x.dim() != 4 or x.shape[1] != c.in_channels:
             raise ValueError(f"x must be [B, {c.in_channels}, H, W]; got {tuple(x.shape)}")
         if x.shape[-1] % 2 ** (len(c.ch_mult) - 1) or x.shape[-2] % 2 ** (len(c.ch_mult) - 1):
