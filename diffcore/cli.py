@@ -1,4 +1,4 @@
-"""The `diffcore` command: sample, train, eval, likelihood, info. Usage errors exit 2."""
+"""The `diffcore` command: sample, train, eval, likelihood, bench, info. Usage errors exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,15 @@ import sys
 import torch
 
 from .sampling import METHODS
+
+
+def _cpu_name() -> str:
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def cmd_info(args) -> int:
@@ -27,9 +36,12 @@ def cmd_info(args) -> int:
             continue
         devices = [d for d in ("cpu", "cuda") if (d == "cpu" or torch.cuda.is_available()) and mod.available(torch.device(d))]
         backends[name] = {"available": bool(devices), "devices": devices, "ops": sorted(mod.IMPLS)}
+        if name == "native":  # how the extension was found: prebuilt or compiled on first use, and its flags
+            backends[name]["build"] = {"origin": mod.origin(), "info": mod.BUILD_INFO}
     chosen = {op: ops.resolve(op, cpu) for op in sorted(ops.REFERENCE)}
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else _cpu_name()
     print(json.dumps({"diffcore": diffcore.__version__, "torch": torch.__version__,
-                      "cuda": torch.cuda.is_available(), "backends": backends, "cpu_backend_per_op": chosen,
+                      "cuda": torch.cuda.is_available(), "device": device, "threads": torch.get_num_threads(), "backends": backends, "cpu_backend_per_op": chosen,
                       "methods": sorted(METHODS)}, indent=2))
     return 0
 
@@ -45,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_cmd.add_parser(sub)
     from .commands import eval as eval_cmd
     eval_cmd.add_parser(sub)
+    from .commands import bench as bench_cmd
+    bench_cmd.add_parser(sub)
     i = sub.add_parser("info", help="versions, device and available backends")
     i.set_defaults(func=cmd_info)
     return p
@@ -66,9 +80,13 @@ def _check_shared_flags(args) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)  # argparse's own usage errors exit 2
+    from .engine import NonFiniteError
     try:
         _check_shared_flags(args)
         return args.func(args)
+    except NonFiniteError as e:  # --check-finite: the run itself failed, not its usage
+        print(f"diffcore: error: {e}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError) as e:  # bad values, a missing model or data set: usage errors
         print("diffcore: error: " + " ".join(str(e).split()), file=sys.stderr)  # one line
         return 2
