@@ -97,3 +97,85 @@ def out_buffers(out, x2: torch.Tensor, k: int):
                             or o.device != x2.device for o in out):
         raise ValueError(f"out must be {k} contiguous tensor(s) of x's size, dtype and device")
     return out
+
+
+# ---- argument checks of the launchers ---------------------------------------------------------
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_device(name: str, t: torch.Tensor) -> None:
+    """t is where the kernels run: CUDA, or CPU under the interpreter (never meta: a meta
+    tensor reaches the custom op's fake implementation, not the launcher)."""
+    from . import available  # the package's rule, one place
+
+    if not available(t.device):
+        raise ValueError(f"{name} must be on a CUDA device (or the CPU under TRITON_INTERPRET=1) for the Triton "
+                         f"kernels; got {t.device}")
+
+
+def check_x(x, name: str = "x", min_dim: int = 1) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    if x.dtype not in KERNEL_DTYPES:
+        raise ValueError(f"{name} must be float16, bfloat16, float32 or float64; got dtype {x.dtype}")
+    if x.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dimension(s) ([B, ...]); got shape {tuple(x.shape)}")
+    check_device(name, x)
+
+
+def check_like(name: str, t, x: torch.Tensor, ref: str = "x") -> None:
+    """t is a floating-point tensor of x's shape on x's device (its dtype may differ: the kernels
+    read it in the accumulation dtype)."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+    if not t.dtype.is_floating_point:
+        raise ValueError(f"{name} must be a floating-point tensor; got dtype {t.dtype}")
+    if t.shape != x.shape:
+        raise ValueError(f"{name} must have {ref}'s shape {tuple(x.shape)}; got {tuple(t.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"{name} must be on {ref}'s device {x.device}; got {t.device}")
+
+
+def check_coef(name: str, c, x: torch.Tensor) -> None:
+    """c is a real tensor [B] on x's device (one coefficient per sample)."""
+    if not isinstance(c, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor [B]; got {type(c).__name__}")
+    if c.dtype == torch.bool or c.dtype.is_complex:
+        raise ValueError(f"{name} must be a real tensor; got dtype {c.dtype}")
+    if c.shape != (x.shape[0],):
+        raise ValueError(f"{name} must have shape [B] = [{x.shape[0]}]; got {tuple(c.shape)}")
+    if c.device != x.device:
+        raise ValueError(f"{name} must be on x's device {x.device}; got {c.device}")
+
+
+def check_step(x, like: dict, coefs: dict, z=None, sample_idx=None) -> None:
+    """Every argument of a step launcher: x, the x-like tensors, the per-sample coefficients
+    and the noise (z like x, or sample_idx an integer tensor [B])."""
+    check_x(x)
+    for name, t in like.items():
+        check_like(name, t, x)
+    for name, c in coefs.items():
+        check_coef(name, c, x)
+    if z is not None:
+        check_like("z", z, x)
+    elif sample_idx is not None:
+        if (not isinstance(sample_idx, torch.Tensor) or sample_idx.dtype.is_floating_point
+                or sample_idx.dtype.is_complex or sample_idx.dtype == torch.bool):
+            raise ValueError(f"sample_idx must be an integer tensor [B]; got "
+                             f"{getattr(sample_idx, 'dtype', type(sample_idx).__name__)}")
+        if sample_idx.shape != (x.shape[0],):
+            raise ValueError(f"sample_idx must have shape [B] = [{x.shape[0]}]; got {tuple(sample_idx.shape)}")
+        if sample_idx.device != x.device:
+            raise ValueError(f"sample_idx must be on x's device {x.device}; got {sample_idx.device}")
+
+
+def check_fake(x: torch.Tensor, like: dict, others: dict = None) -> None:
+    """The fake implementations' checks: the x-like tensors match x's shape and every tensor is
+    on x's device (a meta tensor among CPU ones would otherwise route the call here and return
+    uninitialised memory)."""
+    for name, t in {**like, **(others or {})}.items():
+        if isinstance(t, torch.Tensor) and t.device != x.device:
+            raise ValueError(f"{name} must be on x's device {x.device}; got {t.device}")
+    for name, t in like.items():
+        if isinstance(t, torch.Tensor) and t.shape != x.shape:
+            raise ValueError(f"{name} must have x's shape {tuple(x.shape)}; got {tuple(t.shape)}")

@@ -11,7 +11,7 @@ import triton.language as tl
 
 from diffcore.ops import affine_step_reference as reference  # noqa: F401
 
-from ._common import (STEP_BLOCK_G, acc_dtype, coef, load_noise, noise_args, out_buffers,
+from ._common import (STEP_BLOCK_G, acc_dtype, check_fake, check_step, coef, load_noise, noise_args, out_buffers,
                       per_sample, split_seed, step_grid, step_tile, tl_acc)
 
 
@@ -41,6 +41,7 @@ def _affine_step_kernel(
 def affine_step_forward(x, score, a, b, std, z=None, sample_idx=None, seed_lo=0, seed_hi=0, step=0, stream=0,
                         *, out=None):
     """Launch the step; out = (x_out, x_mean) buffers optional. Returns (x_out, x_mean)."""
+    check_step(x, {"score": score}, {"a": a, "b": b, "std": std}, z, sample_idx)
     acc = acc_dtype(x.dtype)
     x2, s2 = per_sample(x), per_sample(score)
     B, M = x2.shape
@@ -62,6 +63,7 @@ def affine_step_op(x: torch.Tensor, score: torch.Tensor, a: torch.Tensor, b: tor
 
 @affine_step_op.register_fake
 def _(x, score, a, b, std, z, sample_idx, seed_lo, seed_hi, step, stream):
+    check_fake(x, {"score": score, "z": z}, {"a": a, "b": b, "std": std, "sample_idx": sample_idx})
     return torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 

@@ -12,7 +12,7 @@ import triton.language as tl
 
 from diffcore.ops import ddim_step_reference as reference  # noqa: F401
 
-from ._common import (STEP_BLOCK_G, acc_dtype, coef, load_noise, noise_args, out_buffers,
+from ._common import (STEP_BLOCK_G, acc_dtype, check_fake, check_step, coef, load_noise, noise_args, out_buffers,
                       per_sample, split_seed, step_grid, step_tile, tl_acc)
 
 
@@ -46,6 +46,7 @@ def _ddim_step_kernel(
 def ddim_step_forward(x, eps, abar_t, abar_prev, eta, z=None, sample_idx=None, seed_lo=0, seed_hi=0, step=0,
                       stream=0, clip_denoised=False, *, out=None):
     """Launch the step; out = (x_prev, x0) buffers optional. Returns (x_prev, x0)."""
+    check_step(x, {"eps": eps}, {"abar_t": abar_t, "abar_prev": abar_prev, "eta": eta}, z, sample_idx)
     acc = acc_dtype(x.dtype)
     x2 = per_sample(x)
     B, M = x2.shape
@@ -69,6 +70,8 @@ def ddim_step_op(x: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor, abar_
 
 @ddim_step_op.register_fake
 def _(x, eps, abar_t, abar_prev, eta, z, sample_idx, seed_lo, seed_hi, step, stream, clip_denoised):
+    check_fake(x, {"eps": eps, "z": z},
+               {"abar_t": abar_t, "abar_prev": abar_prev, "eta": eta, "sample_idx": sample_idx})
     return tuple(torch.empty(x.shape, dtype=x.dtype, device=x.device) for _ in range(2))
 
 

@@ -13,7 +13,7 @@ import triton
 
 from diffcore.ops import ddpm_step_reference as reference  # noqa: F401
 
-from ._common import (STEP_BLOCK_G, acc_dtype, coef, load_noise, noise_args, out_buffers,
+from ._common import (STEP_BLOCK_G, acc_dtype, check_fake, check_step, coef, load_noise, noise_args, out_buffers,
                       per_sample, split_seed, step_grid, step_tile, tl_acc)
 
 
@@ -53,6 +53,11 @@ def ddpm_step_forward(x, eps, sqrt_recip_abar, sqrt_recipm1_abar, coef_x0, coef_
                       sample_idx=None, seed_lo=0, seed_hi=0, step=0, stream=0, clip_denoised=False, v=None,
                       log_var_max=None, *, out=None):
     """Launch the step; out = (x_prev, mean, x0) buffers optional. Returns (x_prev, mean, x0)."""
+    coefs = {"sqrt_recip_abar": sqrt_recip_abar, "sqrt_recipm1_abar": sqrt_recipm1_abar, "coef_x0": coef_x0,
+             "coef_xt": coef_xt, "log_var": log_var}
+    if v is not None and log_var_max is not None:
+        coefs["log_var_max"] = log_var_max
+    check_step(x, {"eps": eps} if v is None else {"eps": eps, "v": v}, coefs, z, sample_idx)
     acc = acc_dtype(x.dtype)
     x2 = per_sample(x)
     B, M = x2.shape
@@ -85,6 +90,9 @@ def ddpm_step_op(x: torch.Tensor, eps: torch.Tensor, sqrt_recip_abar: torch.Tens
 @ddpm_step_op.register_fake
 def _(x, eps, sqrt_recip_abar, sqrt_recipm1_abar, coef_x0, coef_xt, log_var, z, sample_idx, seed_lo, seed_hi,
       step, stream, clip_denoised, v, log_var_max):
+    check_fake(x, {"eps": eps, "z": z, "v": v},
+               {"sqrt_recip_abar": sqrt_recip_abar, "sqrt_recipm1_abar": sqrt_recipm1_abar, "coef_x0": coef_x0,
+                "coef_xt": coef_xt, "log_var": log_var, "sample_idx": sample_idx, "log_var_max": log_var_max})
     return tuple(torch.empty(x.shape, dtype=x.dtype, device=x.device) for _ in range(3))
 
 

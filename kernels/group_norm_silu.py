@@ -25,7 +25,7 @@ import triton.language as tl
 
 from diffcore.ops import group_norm_silu_reference as reference  # noqa: F401  (the float64-capable reference)
 
-from ._common import acc_dtype, tl_acc
+from ._common import acc_dtype, check_fake, check_like, check_x, tl_acc
 
 TILE = 1024          # elements per tile
 MAX_BLOCK_C = 64     # channels per tile at most
@@ -305,6 +305,15 @@ def _config(x: torch.Tensor, num_groups: int, split: Optional[int], block_s: Opt
     return S, CG, BLOCK_C, BLOCK_S, split, s_per, num_warps
 
 
+def _check_args(x, num_groups, weight, bias, eps, emb):
+    """The op table's checks (shapes, C divisible by num_groups, devices, eps > 0) plus where
+    and in which dtypes the kernels run."""
+    from diffcore.ops import _check_norm_args
+
+    check_x(x, min_dim=2)
+    _check_norm_args(x, num_groups, weight, bias, eps, emb)
+
+
 def _prepare(x, num_groups, weight, bias, emb):
     cl = _channels_last(x)
     x = _layout(x, cl)
@@ -318,6 +327,7 @@ def group_norm_silu_forward(x, num_groups, weight=None, bias=None, eps=1e-5, emb
                             *, out=None, split=None, block_s=None):
     """Launch the forward kernel(s). Returns (y, mean [N, G], rstd [N, G]); `out` (x's shape,
     dtype and layout) receives y if given; `split` / `block_s` force the programs per group and the tile's positions."""
+    _check_args(x, num_groups, weight, bias, eps, emb)
     x, weight, bias, emb, cl = _prepare(x, num_groups, weight, bias, emb)
     N, C = x.shape[:2]
     acc = acc_dtype(x.dtype)
@@ -347,6 +357,12 @@ def group_norm_silu_forward(x, num_groups, weight=None, bias=None, eps=1e-5, emb
 def group_norm_silu_backward(dy, x, num_groups, weight, bias, emb, mean, rstd, silu=True, *, split=None, block_s=None):
     """Launch the backward kernel(s). Returns (dx, dweight, dbias, demb); a gradient whose
     input is None comes back as an empty tensor."""
+    _check_args(x, num_groups, weight, bias, 1.0, emb)
+    check_like("dy", dy, x)
+    for name, s in (("mean", mean), ("rstd", rstd)):
+        if not isinstance(s, torch.Tensor) or s.shape != (x.shape[0], num_groups) or s.device != x.device:
+            raise ValueError(f"{name} must be the forward's statistics [N, G] = [{x.shape[0]}, {num_groups}] "
+                             f"on x's device")
     x, weight, bias, emb, cl = _prepare(x, num_groups, weight, bias, emb)
     dy = _layout(dy, cl)
     N, C = x.shape[:2]
@@ -389,6 +405,7 @@ def group_norm_silu_op(x: torch.Tensor, num_groups: int, weight: Optional[torch.
 
 @group_norm_silu_op.register_fake
 def _(x, num_groups, weight, bias, eps, emb, silu):
+    check_fake(x, {}, {"weight": weight, "bias": bias, "emb": emb})
     acc = acc_dtype(x.dtype)
     stats = x.new_empty((x.shape[0], num_groups), dtype=acc)
     return _empty(x, _channels_last(x)), stats, torch.empty_like(stats)
@@ -405,6 +422,7 @@ def group_norm_silu_backward_op(dy: torch.Tensor, x: torch.Tensor, num_groups: i
 
 @group_norm_silu_backward_op.register_fake
 def _(dy, x, num_groups, weight, bias, emb, mean, rstd, silu):
+    check_fake(x, {"dy": dy}, {"weight": weight, "bias": bias, "emb": emb, "mean": mean, "rstd": rstd})
     like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else x.new_empty((0,))  # noqa: E731
     return _empty(x, _channels_last(x)), like(weight), like(bias), like(emb)
 

@@ -8,7 +8,7 @@ import triton.language as tl
 
 from diffcore.ops import heun_step_reference as reference  # noqa: F401
 
-from ._common import (STEP_BLOCK_G, acc_dtype, coef, out_buffers, per_sample, step_grid,
+from ._common import (STEP_BLOCK_G, acc_dtype, check_fake, check_step, coef, out_buffers, per_sample, step_grid,
                       step_tile, tl_acc)
 
 
@@ -30,6 +30,7 @@ def _heun_step_kernel(
 
 
 def heun_step_forward(x, score1, x_pred, score2, a, b, c, d, *, out=None):
+    check_step(x, {"score1": score1, "x_pred": x_pred, "score2": score2}, {"a": a, "b": b, "c": c, "d": d})
     acc = acc_dtype(x.dtype)
     x2 = per_sample(x)
     B, M = x2.shape
@@ -50,6 +51,7 @@ def heun_step_op(x: torch.Tensor, score1: torch.Tensor, x_pred: torch.Tensor, sc
 
 @heun_step_op.register_fake
 def _(x, score1, x_pred, score2, a, b, c, d):
+    check_fake(x, {"score1": score1, "x_pred": x_pred, "score2": score2}, {"a": a, "b": b, "c": c, "d": d})
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 

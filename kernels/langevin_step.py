@@ -13,7 +13,7 @@ import triton.language as tl
 
 from diffcore.ops import langevin_step_reference as reference  # noqa: F401
 
-from ._common import (STEP_BLOCK_G, acc_dtype, coef, load_noise, noise_args, out_buffers,
+from ._common import (STEP_BLOCK_G, acc_dtype, check_fake, check_step, coef, load_noise, noise_args, out_buffers,
                       per_sample, split_seed, step_grid, step_tile, tl_acc)
 
 
@@ -61,6 +61,9 @@ def langevin_step_forward(x, score, alpha, snr, z=None, sample_idx=None, seed_lo
     """Launch the reduction and the update; out = (x, x_mean) buffers optional."""
     if norm not in ("per_sample", "batch"):
         raise ValueError(f"norm must be 'per_sample' or 'batch'; got {norm!r}")
+    check_step(x, {"score": score}, {"alpha": alpha}, z, sample_idx)
+    if not float(snr) > 0:
+        raise ValueError(f"snr must be > 0; got {snr}")
     acc = acc_dtype(x.dtype)
     x2, s2 = per_sample(x), per_sample(score)
     B, M = x2.shape
@@ -91,6 +94,7 @@ def langevin_step_op(x: torch.Tensor, score: torch.Tensor, alpha: torch.Tensor, 
 
 @langevin_step_op.register_fake
 def _(x, score, alpha, snr, z, sample_idx, seed_lo, seed_hi, step, stream, norm):
+    check_fake(x, {"score": score, "z": z}, {"alpha": alpha, "sample_idx": sample_idx})
     return tuple(torch.empty(x.shape, dtype=x.dtype, device=x.device) for _ in range(2))
 
 

@@ -8,7 +8,7 @@ import triton.language as tl
 
 from diffcore.ops import residual_add_reference as reference  # noqa: F401
 
-from ._common import tl_acc
+from ._common import check_fake, check_like, check_x, tl_acc
 
 BLOCK = 1024
 
@@ -31,6 +31,8 @@ def _residual_add_kernel(
 
 def residual_add_forward(skip: torch.Tensor, h: torch.Tensor, scale: float = 1.0, *, out=None) -> torch.Tensor:
     """Launch the kernel on contiguous copies of skip and h; out (h's shape/dtype, contiguous) optional."""
+    check_x(h, "h", min_dim=0)
+    check_like("skip", skip, h, "h")
     skip, h = skip.contiguous(), h.contiguous()
     out = torch.empty_like(h) if out is None else out
     if out.shape != h.shape or out.dtype != h.dtype or not out.is_contiguous():
@@ -49,6 +51,7 @@ def residual_add_op(skip: torch.Tensor, h: torch.Tensor, scale: float) -> torch.
 
 @residual_add_op.register_fake
 def _(skip, h, scale):
+    check_fake(h, {"skip": skip})
     return torch.empty(h.shape, dtype=h.dtype, device=h.device)
 
 

@@ -1,6 +1,6 @@
 """Fuzzing every C++ op of diffcore._C with hypothesis: random shapes (0-sized and odd ones),
-random strides (non-contiguous views), dtypes (ints, bool, half, float32, float64) and
-devices (meta). Each call either raises a clean RuntimeError/ValueError or returns what the
+random strides (non-contiguous views: sliced, transposed, expanded with a zero stride), dtypes
+(ints, bool, half, bfloat16, float32, float64) and devices (meta). Each call either raises a clean RuntimeError/ValueError or returns what the
 torch reference returns for the same inputs; it never crashes the process."""
 import math
 
@@ -17,14 +17,15 @@ from diffcore import ops  # noqa: E402
 native = pytest.importorskip("diffcore.native", reason="the native extension did not build here")
 C = torch.ops.diffcore
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-MUTATIONS = ["ok"] * 36 + ["int64", "int32", "bool", "float16", "other_float", "strided", "meta", "shape", "scalar"]
+MUTATIONS = ["ok"] * 36 + ["int64", "int32", "bool", "float16", "bfloat16", "other_float", "strided", "transposed",
+                           "expanded", "meta", "shape", "scalar"]
 
 
 def mutate(t, kind, draw_int):
     """t, or a variant that may be invalid for the op."""
     if t is None or kind == "ok":
         return t
-    if kind in ("int64", "int32", "bool", "float16"):
+    if kind in ("int64", "int32", "bool", "float16", "bfloat16"):
         return t.to(getattr(torch, kind))
     if kind == "other_float":
         return t.to(torch.float32 if t.dtype == torch.float64 else torch.float64)
@@ -34,6 +35,10 @@ def mutate(t, kind, draw_int):
         big = torch.zeros(*t.shape[:-1], 2 * t.shape[-1] + 1, dtype=t.dtype)
         big[..., 1::2] = t
         return big[..., 1::2]
+    if kind == "transposed":  # same values, the last two dims' strides swapped
+        return t.transpose(-1, -2).contiguous().transpose(-1, -2) if t.dim() >= 2 else t
+    if kind == "expanded":    # row 0 repeated with a zero stride
+        return t[:1].expand(t.shape) if t.dim() >= 1 and t.shape[0] > 1 else t
     if kind == "meta":
         return t.to("meta")
     if kind == "shape":
