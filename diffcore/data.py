@@ -100,7 +100,10 @@ def folder(path: str, size: int | None = None) -> torch.Tensor:
     out = []
     for name in names:
         full = os.path.join(path, name)
-        arr = np.load(full, allow_pickle=False) if name.lower().endswith(".npy") else read_png(full)
+        try:
+            arr = np.load(full, allow_pickle=False) if name.lower().endswith(".npy") else read_png(full)
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{full}: not a readable image (.npy without objects, or an 8-bit PNG): {e}") from None
         if arr.ndim == 2:
             arr = arr[:, :, None]
         if arr.ndim != 3:
@@ -144,9 +147,14 @@ def cifar10(root: str, split: str = "train") -> torch.Tensor:
             f"pass the cifar-10-batches-py folder (cifar10:/path/to/cifar-10-batches-py)")
     parts = []
     for n in names:
-        with open(os.path.join(base, n), "rb") as f:
-            d = _NumpyOnlyUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
-        parts.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        path = os.path.join(base, n)
+        try:
+            with open(path, "rb") as f:
+                d = _NumpyOnlyUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+            parts.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, IndexError) as e:
+            raise ValueError(f"{path}: not a CIFAR-10 python batch (corrupt, truncated or tampered): "
+                             f"{type(e).__name__}: {e}") from None
     return torch.from_numpy(np.concatenate(parts)).float() / 127.5 - 1
 
 

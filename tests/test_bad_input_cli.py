@@ -17,7 +17,7 @@ import shutil
 import pytest
 import torch
 
-from diffcore import checkpoint, train
+from diffcore import checkpoint, data, train
 from diffcore.cli import main
 from diffcore.models.spec import DEFAULT_MODEL, load_model
 
@@ -64,6 +64,19 @@ def files(tmp_path_factory):
     # a bare .safetensors file whose .json sidecar is missing
     (d / "lonely.safetensors").write_bytes(weights)
     p["lonely"] = str(d / "lonely.safetensors")
+
+    # data sets: CIFAR-10 batches that are garbage or a pickle of a function; a folder with an object .npy
+    import pickle
+
+    import numpy as np
+    for name, blob in (("cifar_garbage", b"\x80\x04garbage"), ("cifar_evil", pickle.dumps(os.getcwd))):
+        (d / name).mkdir()
+        for i in range(1, 6):
+            (d / name / f"data_batch_{i}").write_bytes(blob)
+        p[name] = str(d / name)
+    (d / "npy_objects").mkdir()
+    np.save(d / "npy_objects" / "a.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    p["npy_objects"] = str(d / "npy_objects")
 
     # training outputs: a real one-step checkpoint of a tiny run, then damaged copies
     cfg = train.TrainConfig(family="sde-vp", steps=1, batch_size=8, checkpoint_every=1, network={"hidden": 8, "depth": 1})
@@ -149,6 +162,12 @@ FILE_CASES = {
     "load_model unknown network": (lambda f: load_model(f["bad_network"]), ValueError, r"network type must be one of \['mlp', 'unet'\]; got 'transformer'"),
     "load_model .safetensors without .json": (lambda f: load_model(f["lonely"]), FileNotFoundError, r"config file '.*lonely.json' does not exist"),
     "load_model a text file": (lambda f: load_model(f["file"]), ValueError, r"model must be a directory with model.json \+ model.safetensors"),
+    "data.load cifar10 garbage": (lambda f: data.load(f"cifar10:{f['cifar_garbage']}"), ValueError,
+                                  r"data_batch_1: not a CIFAR-10 python batch \(corrupt, truncated or tampered\)"),
+    "data.load cifar10 tampered": (lambda f: data.load(f"cifar10:{f['cifar_evil']}"), ValueError,
+                                   r"data_batch_1: not a CIFAR-10 python batch .*refusing posix.getcwd"),
+    "data.load folder object npy": (lambda f: data.load(f"folder:{f['npy_objects']}"), ValueError,
+                                    r"a.npy: not a readable image \(.npy without objects, or an 8-bit PNG\)"),
     "resume corrupt tensors": (lambda f: _resume(f, "ckpt_corrupt"), ValueError, CORRUPT),
     "resume truncated tensors": (lambda f: _resume(f, "ckpt_truncated"), ValueError, CORRUPT),
     "resume missing tensors": (lambda f: _resume(f, "ckpt_missing_tensors"), ValueError,
@@ -206,6 +225,7 @@ CLI_CASES = {
     "train --data toy": (["train", "--data", "toy:spiral", "--out", "{out}"], r"toy must be one of"),
     "train --data folder missing": (["train", "--data", "folder:{dir}/no-images", "--out", "{out}"], r"data folder '.*no-images' does not exist"),
     "train --data folder empty": (["train", "--data", "folder:{no_json}", "--out", "{out}"], r"data folder '.*no_json' has no .png or .npy images"),
+    "train --data cifar10 tampered": (["train", "--data", "cifar10:{cifar_evil}", "--out", "{out}"], r"not a CIFAR-10 python batch"),
     "train --data cifar10 missing": (["train", "--data", "cifar10:{dir}/cifar", "--out", "{out}"], r"CIFAR-10 batch file\(s\) .* not found"),
     "train --loss": (["train", "--loss", "l1", "--out", "{out}"], r"argument --loss: invalid choice: 'l1'"),
     "train --loss hybrid --family ncsn": (["train", "--loss", "hybrid", "--family", "ncsn", "--out", "{out}"],
