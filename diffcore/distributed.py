@@ -13,6 +13,7 @@ so the merged samples are the bits one process gives for the same shard size.
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from . import shards
 from .validation import check_int
 
 DEFAULT_SHARD_SIZE = 256
+BARRIER_TIMEOUT_H = 12
 
 
 @dataclass
@@ -85,7 +87,10 @@ def init_from_env(device="cpu") -> Context:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend=backend, **kwargs)
+        # a rank done with its shards waits at the barrier for the slowest one, which may take
+        # longer than the default 10 (NCCL) / 30 (gloo) minutes; a rank that dies ends the job
+        # through torchrun, not through this timeout
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=BARRIER_TIMEOUT_H), **kwargs)
     if dist.get_world_size() != world or dist.get_rank() != rank:
         raise ValueError(f"the process group (rank {dist.get_rank()} of {dist.get_world_size()}) disagrees with "
                          f"RANK={rank}, WORLD_SIZE={world}")
