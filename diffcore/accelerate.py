@@ -23,9 +23,9 @@ weights load into the accelerated model and out of it unchanged:
   own there, so its SiLU must stay).
 * diffusers' Attention with a group norm (UNet2DModel's attention blocks) gets a processor
   (FusedAttnProcessor) that normalises the [B, C, H, W] tensor through diffcore.ops
-  (silu=False), makes the token-major copy the projections need once instead of three times
-  (none with channels_last input), and adds the output projection to the residual in one
-  pass instead of a transposing copy, an add and a division. Calls it does not cover
+  (silu=False), gives the projections a contiguous token-major copy (none with channels_last
+  input) and adds the residual in place to the output projection's result, in the layout
+  AttnProcessor2_0 leaves it (channels_last strides). Calls it does not cover
   (cross-attention, masks, 3-D input, ...) go to the original processor.
 * diffcore's own modules (diffcore.models.UNet's ResBlock, AttnBlock, GroupNormSiLU) are
   already fused: reported as such (with `backend=` their GroupNormSiLU modules are pinned to it).
@@ -46,6 +46,10 @@ With backend=None, a residual add that needs no gradient, in float32 or float64,
 place on the branch's fresh output (`h.add_(skip)`, then `mul_(scale)` if scale != 1): the same
 arithmetic as the op's reference, with no new tensor (allocation is most of its cost on CPU).
 Otherwise the residual goes through diffcore.ops.residual_add.
+
+Speed on CPU: convolutions are most of a U-Net's time and run faster on channels_last
+tensors with channels_last weights; `model.to(memory_format=torch.channels_last)` (before or
+after accelerate) and channels_last inputs give the fastest configuration.
 """
 from __future__ import annotations
 
@@ -126,27 +130,15 @@ def _fused_norm(gn: nn.GroupNorm, silu: bool, backend) -> dnn.GroupNormSiLU:
 
 
 def _residual(skip: torch.Tensor, h: torch.Tensor, scale: float, backend) -> torch.Tensor:
-    """(skip + h) * scale in skip's memory format; h must be a tensor the caller owns (a layer's
+    """(skip + h) * scale in h's memory format; h must be a tensor the caller owns (a layer's
     fresh output, possibly viewed with other strides)."""
     if skip.dtype != h.dtype:
         skip = skip.to(h.dtype)
     if (backend is None and h.dtype in (torch.float32, torch.float64) and skip.shape == h.shape
             and not (torch.is_grad_enabled() and (h.requires_grad or skip.requires_grad))):
-        # the reference's float32 (float64) arithmetic, with no new tensor where the layouts agree
-        if h.stride() == skip.stride():
-            h = h.add_(skip)
-        else:   # one pass reading h through its strides, written in skip's layout
-            h = torch.add(skip, h, out=torch.empty_like(skip))
+        h = h.add_(skip)  # the reference's float32 (float64) arithmetic, without a new tensor
         return h if scale == 1.0 else h.mul_(scale)
-    if h.stride() != skip.stride():
-        h = h.contiguous(memory_format=_format_of(skip))
     return ops.residual_add(skip, h, scale, backend=backend)
-
-
-def _format_of(x: torch.Tensor):
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 # ---- accelerated blocks: subclasses whose forward calls the fused ops -------------------------
@@ -251,12 +243,15 @@ def _swap_class(m: nn.Module, mixin: type, backend) -> None:
 class FusedAttnProcessor:
     """Self-attention of diffusers' Attention on [B, C, H, W] input with fewer passes over
     memory than AttnProcessor2_0: the group norm runs on the 4-D tensor (diffcore.ops, no
-    SiLU); the token-major [B, HW, C] copy the projections need is made once (AttnProcessor2_0
-    makes it in each of to_q, to_k and to_v; with channels_last input it is a free view); the
-    output projection's [B, HW, C] result is added to the residual as a strided view in one
-    pass (AttnProcessor2_0: a transposing copy, an add and a division). The projections are
-    the block's own modules, called as usual. Calls it does not cover (cross-attention, masks,
-    3-D input, extra arguments) go to the processor it replaced (`fallback`)."""
+    SiLU); the projections get one contiguous token-major [B, HW, C] copy (a free view with
+    channels_last input), which their GEMMs read faster than the transposed view; the residual
+    is added in place to the output projection's fresh [B, HW, C] result, viewed as [B, C, H, W]
+    (AttnProcessor2_0: an add and a division, each a new tensor). The output has channels_last
+    strides whatever the input's, as AttnProcessor2_0's does (its reshape of the transposed
+    projection is that view), so the layers after it see the layout they see in the original.
+    The projections are the block's own modules, called as usual. Calls it does not cover
+    (cross-attention, masks, 3-D input, extra arguments) go to the processor it replaced
+    (`fallback`)."""
 
     def __init__(self, fallback, backend=None):
         self.fallback = fallback
