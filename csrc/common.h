@@ -5,7 +5,16 @@
 #include <ATen/ATen.h>
 #include <c10/util/Optional.h>
 
+#include <cstdlib>
+#include <cstring>
+
 namespace diffcore {
+
+// An environment switch: set, non-empty and not "0".
+inline bool getenv_flag(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' && std::strcmp(v, "0") != 0;
+}
 
 inline void check_float_x(const at::Tensor& x, const char* name, c10::DeviceType dev) {
   TORCH_CHECK(x.device().type() == dev, "diffcore: ", name, " must be a ", c10::DeviceTypeName(dev),

@@ -11,6 +11,8 @@
 
 #include "../common.h"
 #include "../gmm.h"
+#include "noise_avx2.h"
+#include "pool.h"
 
 #if defined(_OPENMP)
 #define DC_SIMD_SUM2(a, b) _Pragma("omp simd reduction(+ : a, b)")
@@ -66,6 +68,96 @@ DC_INLINE void apply_row_cl(const T* x, T* y, int64_t C, const T* scale, const T
   }
 }
 
+#ifdef DIFFCORE_HAVE_AVX2
+// silu(x * a + b) on 8 lanes with AVX2+FMA intrinsics: fast_expf's range reduction and
+// polynomial (ties of the reduction round to even here; either choice is within its error), and
+// an IEEE division. GCC's own vectorisation of silu_of runs at about half this speed.
+#define DC_AVX2_FN inline __attribute__((always_inline, target("avx2,fma")))
+DC_AVX2_FN __m256 silu8(__m256 v) {
+  const __m256 t = _mm256_max_ps(_mm256_min_ps(_mm256_sub_ps(_mm256_setzero_ps(), v), _mm256_set1_ps(88.0f)),
+                                 _mm256_set1_ps(-87.0f));
+  const __m256 kf = _mm256_round_ps(_mm256_mul_ps(t, _mm256_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(kf, _mm256_set1_ps(0.693359375f), t);
+  r = _mm256_fnmadd_ps(kf, _mm256_set1_ps(-2.12194440e-4f), r);
+  const __m256 z = _mm256_mul_ps(r, r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_add_ps(_mm256_fmadd_ps(p, z, r), _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(kf), _mm256_set1_epi32(127)), 23);
+  const __m256 ex = _mm256_mul_ps(p, _mm256_castsi256_ps(e));   // exp(-v)
+  return _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), ex));
+}
+
+__attribute__((target("avx2,fma"))) void row_f32_avx2(const float* x, float* y, int64_t n, float a, float b, bool s) {
+  const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
+  int64_t i = 0;
+  if (s) {
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, silu8(_mm256_fmadd_ps(_mm256_loadu_ps(x + i), va, vb)));
+    for (; i < n; ++i) y[i] = silu_of<float>(x[i] * a + b);
+  } else {
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(_mm256_loadu_ps(x + i), va, vb));
+    for (; i < n; ++i) y[i] = x[i] * a + b;
+  }
+}
+
+__attribute__((target("avx2,fma"))) void row_cl_f32_avx2(const float* x, float* y, int64_t C, const float* a,
+                                                         const float* b, bool s) {
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) {
+    const __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(x + c), _mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c));
+    _mm256_storeu_ps(y + c, s ? silu8(v) : v);
+  }
+  for (; c < C; ++c) y[c] = s ? silu_of<float>(x[c] * a[c] + b[c]) : x[c] * a[c] + b[c];
+}
+// shifted_sums on 16 floats per iteration: two pairs of 4-lane double accumulators.
+__attribute__((target("avx2,fma"))) void sums_f32_avx2(const float* x, int64_t n, double e, double* s1,
+                                                       double* s2) {
+  const __m256d ve = _mm256_set1_pd(e);
+  __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 u = _mm256_loadu_ps(x + i), w = _mm256_loadu_ps(x + i + 8);
+    const __m256d v0 = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(u)), ve);
+    const __m256d v1 = _mm256_add_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(u, 1)), ve);
+    const __m256d v2 = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(w)), ve);
+    const __m256d v3 = _mm256_add_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(w, 1)), ve);
+    a0 = _mm256_add_pd(a0, v0);
+    a1 = _mm256_add_pd(a1, v1);
+    a2 = _mm256_add_pd(a2, v2);
+    a3 = _mm256_add_pd(a3, v3);
+    b0 = _mm256_fmadd_pd(v0, v0, b0);
+    b1 = _mm256_fmadd_pd(v1, v1, b1);
+    b2 = _mm256_fmadd_pd(v2, v2, b2);
+    b3 = _mm256_fmadd_pd(v3, v3, b3);
+  }
+  alignas(32) double ta[4], tb[4];
+  _mm256_store_pd(ta, _mm256_add_pd(_mm256_add_pd(a0, a1), _mm256_add_pd(a2, a3)));
+  _mm256_store_pd(tb, _mm256_add_pd(_mm256_add_pd(b0, b1), _mm256_add_pd(b2, b3)));
+  double sa = (ta[0] + ta[1]) + (ta[2] + ta[3]), sb = (tb[0] + tb[1]) + (tb[2] + tb[3]);
+  for (; i < n; ++i) {
+    const double v = static_cast<double>(x[i]) + e;
+    sa += v;
+    sb += v * v;
+  }
+  *s1 += sa;
+  *s2 += sb;
+}
+#undef DC_AVX2_FN
+#endif
+
+inline bool avx2_rows() {
+#ifdef DIFFCORE_HAVE_AVX2
+  return avx2::cpu_has_avx2_fma();
+#else
+  return false;
+#endif
+}
+
 DC_CLONES void sums_f32(const float* x, int64_t n, double e, double* s1, double* s2) { shifted_sums(x, n, e, s1, s2); }
 void sums_f64(const double* x, int64_t n, double e, double* s1, double* s2) { shifted_sums(x, n, e, s1, s2); }
 DC_CLONES void row_f32(const float* x, float* y, int64_t n, float a, float b, bool s) { apply_row(x, y, n, a, b, s); }
@@ -73,11 +165,26 @@ void row_f64(const double* x, double* y, int64_t n, double a, double b, bool s) 
 DC_CLONES void row_cl_f32(const float* x, float* y, int64_t C, const float* a, const float* b, bool s) { apply_row_cl(x, y, C, a, b, s); }
 void row_cl_f64(const double* x, double* y, int64_t C, const double* a, const double* b, bool s) { apply_row_cl(x, y, C, a, b, s); }
 
-inline void sums(const float* x, int64_t n, double e, double* s1, double* s2) { sums_f32(x, n, e, s1, s2); }
+inline void sums(const float* x, int64_t n, double e, double* s1, double* s2) {
+#ifdef DIFFCORE_HAVE_AVX2
+  if (avx2_rows()) return sums_f32_avx2(x, n, e, s1, s2);
+#endif
+  sums_f32(x, n, e, s1, s2);
+}
 inline void sums(const double* x, int64_t n, double e, double* s1, double* s2) { sums_f64(x, n, e, s1, s2); }
-inline void row(const float* x, float* y, int64_t n, float a, float b, bool s) { row_f32(x, y, n, a, b, s); }
+inline void row(const float* x, float* y, int64_t n, float a, float b, bool s) {
+#ifdef DIFFCORE_HAVE_AVX2
+  if (avx2_rows()) return row_f32_avx2(x, y, n, a, b, s);
+#endif
+  row_f32(x, y, n, a, b, s);
+}
 inline void row(const double* x, double* y, int64_t n, double a, double b, bool s) { row_f64(x, y, n, a, b, s); }
-inline void row_cl(const float* x, float* y, int64_t C, const float* a, const float* b, bool s) { row_cl_f32(x, y, C, a, b, s); }
+inline void row_cl(const float* x, float* y, int64_t C, const float* a, const float* b, bool s) {
+#ifdef DIFFCORE_HAVE_AVX2
+  if (avx2_rows()) return row_cl_f32_avx2(x, y, C, a, b, s);
+#endif
+  row_cl_f32(x, y, C, a, b, s);
+}
 inline void row_cl(const double* x, double* y, int64_t C, const double* a, const double* b, bool s) { row_cl_f64(x, y, C, a, b, s); }
 
 void check_param(const c10::optional<at::Tensor>& p, const char* name, const at::Tensor& x, at::IntArrayRef shape) {
@@ -109,7 +216,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cpu(const at::Ten
               x.strides());
   const int64_t HW = N * C ? x.numel() / (N * C) : 0;
   const int64_t Cg = C / G;
-  auto y = at::empty_like(x);
+  auto y = pooled_empty_like(x);
   auto stat_opts = x.options();
   auto mean_t = at::empty({N, G}, stat_opts), rstd_t = at::empty({N, G}, stat_opts);
   if (x.numel() == 0) return {y, mean_t, rstd_t};

@@ -6,10 +6,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <cmath>
 
 #include "../common.h"
 #include "../philox.h"
+#include "noise_avx2.h"
+#include "pool.h"
 
 namespace diffcore {
 namespace {
@@ -36,11 +39,66 @@ inline __attribute__((always_inline)) void fill_noise_body(const NoiseAddress& a
   }
 }
 
-// The generator is the compute-heavy part of a step: compiled for AVX2+FMA and baseline.
-DC_CLONES void fill_noise_f32(const NoiseAddress& a, int64_t e0, int64_t n, float* out) { fill_noise_body(a, e0, n, out); }
-DC_CLONES void fill_noise_f64(const NoiseAddress& a, int64_t e0, int64_t n, double* out) { fill_noise_body(a, e0, n, out); }
-inline void fill_noise(const NoiseAddress& a, int64_t e0, int64_t n, float* out) { fill_noise_f32(a, e0, n, out); }
-inline void fill_noise(const NoiseAddress& a, int64_t e0, int64_t n, double* out) { fill_noise_f64(a, e0, n, out); }
+// The generator is the compute-heavy part of a step. With AVX2+FMA (checked at run time) it
+// runs 32 Philox groups at a time (cpu/noise_avx2.h); otherwise philox.h's scalar code,
+// compiled for AVX2+FMA and baseline. Both give the same floats, bit for bit.
+// `out` must have room for n rounded up to kNoiseBlock (a divisor of kChunk).
+// The arrays a fused step will stream through right after the noise of a chunk is drawn: the
+// generator prefetches them, spread over its blocks, so their memory traffic overlaps the
+// arithmetic instead of following it.
+struct Prefetch {
+  static constexpr int kMax = 6;
+  const char* p[kMax];
+  int count = 0;
+  int64_t bytes = 0;   // per array
+};
+
+#ifdef DIFFCORE_HAVE_AVX2
+constexpr int64_t kNoiseBlock = avx2::kBlock;
+__attribute__((target("avx2,fma"))) void fill_noise_avx2(const NoiseAddress& a, int64_t e0, int64_t n, float* out,
+                                                         const Prefetch* pf) {
+  const uint32_t g0 = static_cast<uint32_t>(e0 / 4);
+  const int64_t blocks = (n + kNoiseBlock - 1) / kNoiseBlock;
+  const int64_t lines = pf ? (pf->bytes + 63) / 64 : 0;
+  int64_t done = 0;
+  for (int64_t i = 0, bi = 1; i < n; i += kNoiseBlock, ++bi) {
+    for (const int64_t upto = lines * bi / blocks; done < upto; ++done)
+      for (int s = 0; s < pf->count; ++s) _mm_prefetch(pf->p[s] + 64 * done, _MM_HINT_T0);
+    avx2::normal_block(a, g0 + static_cast<uint32_t>(i / 4), out + i);
+  }
+}
+#else
+constexpr int64_t kNoiseBlock = 4;
+#endif
+static_assert(kChunk % kNoiseBlock == 0, "noise blocks must tile a chunk");
+
+DC_CLONES void fill_noise_scalar(const NoiseAddress& a, int64_t e0, int64_t n, float* out) { fill_noise_body(a, e0, n, out); }
+
+inline bool simd_noise() {
+#ifdef DIFFCORE_HAVE_AVX2
+  static const bool on = avx2::cpu_has_avx2_fma() && !getenv_flag("DIFFCORE_SCALAR_NOISE");
+  return on;
+#else
+  return false;
+#endif
+}
+
+void fill_noise(const NoiseAddress& a, int64_t e0, int64_t n, float* out, const Prefetch* pf = nullptr) {
+#ifdef DIFFCORE_HAVE_AVX2
+  if (simd_noise()) return fill_noise_avx2(a, e0, n, out, pf);
+#endif
+  (void)pf;
+  fill_noise_scalar(a, e0, n, out);
+}
+
+void fill_noise(const NoiseAddress& a, int64_t e0, int64_t n, double* out, const Prefetch* = nullptr) {
+  alignas(64) float buf[kChunk];
+  for (int64_t i = 0; i < n; i += kChunk) {
+    const int64_t m = std::min(kChunk, n - i);
+    fill_noise(a, e0 + i, m, buf);
+    for (int64_t j = 0; j < m; ++j) out[i + j] = buf[j];
+  }
+}
 
 struct Noise {
   const void* z = nullptr;         // noise like x, or
@@ -64,8 +122,10 @@ Noise make_noise(const c10::optional<at::Tensor>& z, const c10::optional<at::Ten
 }
 
 // f(b, e0, n, zp): elements [e0, e0 + n) of sample b with their noise zp (nullptr if no noise).
+// `streams`: the arrays (laid out like x) that f reads and writes, prefetched while the noise
+// of their chunk is drawn.
 template <typename T, typename F>
-void for_chunks(int64_t B, int64_t E, const Noise* noise, F&& f) {
+void for_chunks(int64_t B, int64_t E, const Noise* noise, F&& f, std::initializer_list<const void*> streams = {}) {
   if (B == 0 || E == 0) return;
   const int64_t per = (E + kChunk - 1) / kChunk;
   at::parallel_for(0, B * per, kGrain, [&](int64_t begin, int64_t end) {
@@ -76,8 +136,12 @@ void for_chunks(int64_t B, int64_t E, const Noise* noise, F&& f) {
       if (noise && noise->z) {
         zp = static_cast<const T*>(noise->z) + b * E + e0;
       } else if (noise) {
+        Prefetch pf;
+        for (const void* base : streams)
+          if (base != nullptr && pf.count < Prefetch::kMax) pf.p[pf.count++] = static_cast<const char*>(base) + (b * E + e0) * sizeof(T);
+        pf.bytes = n * static_cast<int64_t>(sizeof(T));
         fill_noise(make_address(noise->seed, static_cast<uint64_t>(noise->idx[b]), noise->step, noise->stream), e0, n,
-                   zbuf);
+                   zbuf, &pf);
         zp = zbuf;
       }
       f(b, e0, n, zp);
@@ -142,7 +206,7 @@ std::tuple<at::Tensor, at::Tensor> affine_step_cpu(const at::Tensor& x, const at
   check_coef(b, "b", x);
   check_coef(std_, "std", x);
   check_noise(z, idx, step, stream, x);
-  auto out = at::empty_like(x), mean = at::empty_like(x);
+  auto out = pooled_empty_like(x), mean = pooled_empty_like(x);
   const int64_t B = x.size(0), E = per_sample(x);
   Noise nz = make_noise(z, idx, seed, step, stream);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::affine_step", [&] {
@@ -159,7 +223,7 @@ std::tuple<at::Tensor, at::Tensor> affine_step_cpu(const at::Tensor& x, const at
         mp[o + i] = m;
         op[o + i] = m + cs * zp[i];
       }
-    });
+    }, {xp, sp, op, mp});
   });
   return {out, mean};
 }
@@ -174,7 +238,7 @@ at::Tensor heun_step_cpu(const at::Tensor& x, const at::Tensor& s1, const at::Te
   check_coef(b, "b", x);
   check_coef(c, "c", x);
   check_coef(d, "d", x);
-  auto out = at::empty_like(x);
+  auto out = pooled_empty_like(x);
   const int64_t B = x.size(0), E = per_sample(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::heun_step", [&] {
     using T = scalar_t;
@@ -208,7 +272,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ddpm_step_cpu(
     check_coef(*log_var_max, "log_var_max", x);
   }
   check_noise(z, idx, step, stream, x);
-  auto out = at::empty_like(x), mean = at::empty_like(x), px0 = at::empty_like(x);
+  auto out = pooled_empty_like(x), mean = pooled_empty_like(x), px0 = pooled_empty_like(x);
   const int64_t B = x.size(0), E = per_sample(x);
   Noise nz = make_noise(z, idx, seed, step, stream);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::ddpm_step", [&] {
@@ -243,7 +307,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ddpm_step_cpu(
         mp[o + i] = m;
         op[o + i] = m + sd * zp[i];
       }
-    });
+    }, {xp, ep, vp, op, mp, x0p});
   });
   return {out, mean, px0};
 }
@@ -258,7 +322,7 @@ std::tuple<at::Tensor, at::Tensor> ddim_step_cpu(const at::Tensor& x, const at::
   check_coef(abar_prev, "abar_prev", x);
   check_coef(eta, "eta", x);
   check_noise(z, idx, step, stream, x);
-  auto out = at::empty_like(x), px0 = at::empty_like(x);
+  auto out = pooled_empty_like(x), px0 = pooled_empty_like(x);
   const int64_t B = x.size(0), E = per_sample(x);
   Noise nz = make_noise(z, idx, seed, step, stream);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::ddim_step", [&] {
@@ -278,7 +342,7 @@ std::tuple<at::Tensor, at::Tensor> ddim_step_cpu(const at::Tensor& x, const at::
         x0p[o + i] = x0;
         op[o + i] = sqp * x0 + rest * ep[o + i] + sd * zp[i];
       }
-    });
+    }, {xp, ep, op, x0p});
   });
   return {out, px0};
 }
@@ -293,7 +357,7 @@ std::tuple<at::Tensor, at::Tensor> langevin_step_cpu(const at::Tensor& x, const 
   check_coef(alpha, "alpha", x);
   TORCH_CHECK(snr > 0, "diffcore: snr must be > 0; got ", snr);
   check_noise(z, idx, step, stream, x);
-  auto out = at::empty_like(x), mean = at::empty_like(x);
+  auto out = pooled_empty_like(x), mean = pooled_empty_like(x);
   const int64_t B = x.size(0), E = per_sample(x);
   if (B == 0) return {out, mean};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::langevin_step", [&] {
@@ -353,7 +417,7 @@ std::tuple<at::Tensor, at::Tensor> langevin_step_cpu(const at::Tensor& x, const 
 at::Tensor residual_add_cpu(const at::Tensor& skip, const at::Tensor& h, double scale) {
   check_float_x(h, "h", c10::DeviceType::CPU);
   check_like(skip, "skip", h);
-  auto out = at::empty_like(h);
+  auto out = pooled_empty_like(h);
   const int64_t N = h.numel();
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "diffcore::residual_add", [&] {
     using T = scalar_t;
