@@ -299,3 +299,106 @@ def test_cpp_checks_name_the_argument():
 def test_build_info_and_origin():
     assert "source=" in native.BUILD_INFO and native.origin().split(":")[0] in ("prebuilt", "jit")
     assert native.available("cpu") and not native.available("meta")
+
+
+# ---- the AVX2 noise path, the noise's accuracy, the CPU output pool ---------------------------------
+def _subprocess_normal(env_extra, seed, idx, step, numel, stream, out):
+    """native.normal in a fresh process with extra environment (switches read once per process)."""
+    import os
+    import subprocess
+    import sys
+    code = ("import sys, torch; import diffcore.native as n; "
+            f"torch.save(n.normal({seed}, torch.tensor({idx}), {step}, ({numel},), stream={stream}), sys.argv[1])")
+    env = dict(os.environ, OMP_NUM_THREADS="1", **env_extra)
+    r = subprocess.run([sys.executable, "-c", code, str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return torch.load(out)
+
+
+def test_simd_and_scalar_noise_are_bitwise_equal(tmp_path):
+    # DIFFCORE_SCALAR_NOISE=1 forces philox.h's scalar code (also what CUDA and the integrators run)
+    seed, idx, step, numel, stream = 2**63 + 12345, [0, 7, 2**32 - 1, 2**31], 2**32 - 2, 4099, N.STREAM_INIT + 3
+    scalar = _subprocess_normal({"DIFFCORE_SCALAR_NOISE": "1"}, seed, idx, step, numel, stream, tmp_path / "z.pt")
+    fast = native.normal(seed, torch.tensor(idx), step, (numel,), stream=stream)
+    assert torch.equal(fast, scalar)
+
+
+def test_noise_error_against_float64_box_muller():
+    # the same float32 uniforms and float32 angle 2 pi u as every backend, then log, sqrt, cos, sin
+    # in float64: the native normals stay within 2.5 ulps (float32 torch itself: about 2.7)
+    seed, step, idx, numel = 2**40 + 7, 123, torch.arange(16), 65536
+    z = native.normal(seed, idx, step, (numel,)).double()
+    u = N.uniform(seed, idx, step, (numel,), dtype=torch.float64).float().reshape(16, -1, 4)
+    u1, u2 = u[..., 0::2].double(), u[..., 1::2]
+    theta = (torch.tensor(2 * math.pi, dtype=torch.float32) * u2).double()
+    r = torch.sqrt(-2 * torch.log(u1))
+    z64 = torch.stack((r * torch.cos(theta), r * torch.sin(theta)), -1).reshape(16, -1)
+    ulp = torch.pow(2.0, torch.floor(torch.log2(z64.abs())) - 23)
+    assert ((z - z64).abs() / ulp).max() <= 2.5
+
+
+def _big_ddpm_inputs(B=128, shape=(3, 32, 32)):   # outputs of 1.5 MiB: from the pool (>= 1 MiB)
+    x, eps = rand(B, *shape, dtype=torch.float32), rand(B, *shape, dtype=torch.float32, seed=1)
+    kw = step_coeffs.ddpm(diffcore.DDPM(diffcore.schedules.linear_betas(100)), torch.full((B,), 50))
+    return x, eps, kw
+
+
+def test_pooled_outputs_are_ordinary_tensors():
+    x = rand(8, 64, 32, 32, dtype=torch.float32)   # 2 MiB: from the pool
+    y = native.group_norm_silu(x, 8)
+    ref = ops.group_norm_silu_reference(x, 8)
+    close(y, ref, 1e-5, 1e-5)
+    y2 = y.clone()
+    y.resize_(2 * y.numel())                       # a resizable storage: grows through the pool
+    assert torch.equal(y[: y2.numel()], y2.flatten())
+    y.resize_(3)
+    assert y.numpy().shape == (3,) and torch.equal(y, y2.flatten()[:3])
+    del y
+    y3 = native.group_norm_silu(x, 8)              # freed blocks come back for the same size
+    close(y3, ref, 1e-5, 1e-5)
+    # autograd through the reference backward on a pooled output
+    xg = x[:2].clone().requires_grad_()
+    (gx,) = torch.autograd.grad(native.group_norm_silu(xg, 8).square().sum(), xg)
+    (gr,) = torch.autograd.grad(ops.group_norm_silu_reference(xg, 8).square().sum(), xg)
+    close(gx, gr, 1e-4, 1e-4)
+
+
+def test_pool_reuses_a_freed_output():
+    x, eps, kw = _big_ddpm_inputs()
+    args = [kw[k] for k in ("sqrt_recip_abar", "sqrt_recipm1_abar", "coef_x0", "coef_xt", "log_var")]
+    out = native.ddpm_step(x, eps, *args, None, (3, torch.arange(128), 5, 0), True)
+    ptrs = {t.data_ptr() for t in out}
+    first = [t.clone() for t in out]
+    del out
+    again = native.ddpm_step(x, eps, *args, None, (3, torch.arange(128), 5, 0), True)
+    assert {t.data_ptr() for t in again} == ptrs     # the same three blocks, already mapped
+    for a, b in zip(again, first):
+        assert torch.equal(a, b)
+
+
+def test_pool_switched_off_and_threads(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+    # DIFFCORE_CPU_POOL_MB=0: plain torch allocations, the same numbers
+    code = ("import sys, torch; import diffcore.native as n; "
+            "x = torch.randn(8, 64, 32, 32, generator=torch.Generator().manual_seed(0)); "
+            "torch.save(n.group_norm_silu(x, 8), sys.argv[1])")
+    env = dict(os.environ, OMP_NUM_THREADS="1", DIFFCORE_CPU_POOL_MB="0")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "y.pt")], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    x = torch.randn(8, 64, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(torch.load(tmp_path / "y.pt"), native.group_norm_silu(x, 8))
+    # many threads allocating and freeing pooled outputs at once
+    xs, eps, kw = _big_ddpm_inputs()
+    args = [kw[k] for k in ("sqrt_recip_abar", "sqrt_recipm1_abar", "coef_x0", "coef_xt", "log_var")]
+    want = native.ddpm_step(xs, eps, *args, None, (9, torch.arange(128), 1, 0), False)[0].clone()
+
+    def work(_):
+        return all(torch.equal(native.ddpm_step(xs, eps, *args, None, (9, torch.arange(128), 1, 0), False)[0], want)
+                   for _ in range(10))
+
+    with ThreadPoolExecutor(4) as ex:
+        assert all(ex.map(work, range(8)))
