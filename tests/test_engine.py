@@ -198,3 +198,50 @@ def test_cuda_graph_replay_equals_eager_steps(method, process, opts):
     e = diffcore.sample(model, process, cuda_graph=False, **args)
     assert info["cuda_graph"]
     torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)  # graph noise: the reference generator's
+
+
+def _learned_range_model(process):
+    eps_model = GM.model(process)
+
+    def model(x, t):  # the mixture's [eps, v], with a variance interpolant v in (-1, 1) varying per element
+        eps, _ = eps_model(x, t).chunk(2, dim=1)
+        return torch.cat([eps, torch.tanh(x)], dim=1)
+    return model
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_learned_range_variance_matches_the_reference(backend):
+    p = diffcore.DDPM(schedules.cosine_betas(100), variance="learned_range")
+    args = dict(n=5, shape=(2,), method="ancestral", steps=10, seed=7, dtype=torch.float64)
+    ref = reference_sample(_learned_range_model(p), p, **args)
+    got = diffcore.sample(_learned_range_model(p), p, backend=backend, **args)
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)  # native noise: float32 Box-Muller
+
+
+@pytest.mark.parametrize("method,process,opts", [("ancestral", DDPM, {"clip_denoised": True}),
+                                                 ("pc", diffcore.VESDE(N=25), {}),
+                                                 ("ode", diffcore.SubVPSDE(N=25), {"solver": "heun"})])
+def test_triton_plan_matches_the_reference(method, process, opts):
+    """The Triton kernels (under TRITON_INTERPRET=1 here) inside the engine, noise drawn in-kernel."""
+    pytest.importorskip("triton")
+    from diffcore import ops
+    if ops.resolve("affine_step", torch.device("cpu"), "auto") is None:
+        pytest.skip("no triton")
+    args = dict(n=3, shape=(2, 3), method=method, steps=25, seed=5, **opts)
+    gm = diffcore.GaussianMixture(torch.randn(2, 2, 3, generator=torch.Generator().manual_seed(0)).flatten(1),
+                                  0.5, [0.6, 0.4])
+    model = _reshaping(gm.model(process))
+    ref = reference_sample(model, process, **args)
+    try:
+        got = diffcore.sample(model, process, backend="triton", **args)
+    except RuntimeError as e:
+        if "cannot run" in str(e):
+            pytest.skip(f"triton backend not runnable here: {e}")
+        raise
+    assert ((got - ref).abs() / (1 + ref.abs())).max() < 1e-4
+
+
+def _reshaping(flat_model):
+    def model(x, t):  # a 6-dim mixture seen as [B, 2, 3] samples
+        return flat_model(x.flatten(1), t).view_as(x)
+    return model
