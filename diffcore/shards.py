@@ -164,6 +164,26 @@ def _write_manifest(out_dir: str, m: dict, rank: int) -> None:
     atomic_write(os.path.join(out_dir, MANIFEST), (json.dumps(m, indent=2, sort_keys=True) + "\n").encode(), rank)
 
 
+class SettingsMismatch(ValueError):
+    """The manifest in the output directory was written for other settings."""
+
+
+def discard_job(out_dir: str) -> list[str]:
+    """Remove a job's manifest, shards and temporary files (not the caller's final outputs);
+    returns the removed paths. For starting over in a directory that holds another job."""
+    removed = []
+    shard_dir = os.path.join(out_dir, SHARD_DIR)
+    for directory, keep in ((shard_dir, lambda n: n.startswith("shard-") or n.startswith(TMP_PREFIX)),
+                            (out_dir, lambda n: n == MANIFEST or n.startswith(TMP_PREFIX))):
+        if not os.path.isdir(directory):
+            continue
+        for name in sorted(os.listdir(directory)):
+            if keep(name):
+                os.unlink(os.path.join(directory, name))
+                removed.append(os.path.join(directory, name))
+    return removed
+
+
 def settings_difference(recorded: dict, wanted: dict) -> list[str]:
     """Lines 'key: recorded -> wanted' for every key whose value differs (or is on one side only)."""
     lines = []
@@ -188,7 +208,7 @@ def open_job(out_dir: str, settings: dict, n: int, shard_size: int, rank: int = 
             return m
         diff = settings_difference(m.get("settings", {}), wanted)
         if diff:
-            raise ValueError(
+            raise SettingsMismatch(
                 f"{os.path.join(out_dir, MANIFEST)} belongs to a job with different settings, so it cannot be "
                 f"resumed by this command:\n  " + "\n  ".join(diff) +
                 "\nrun the same command as before to resume it, or choose a new output directory")
@@ -244,12 +264,14 @@ def run_shards(sample_range, n: int, shard_size: int, out_dir: str, settings: di
         remove_temporaries(shard_dir, rank, world)
         manifest = open_job(out_dir, settings, n, shard_size, rank)
     except ValueError as e:
-        error = str(e)
+        error = e
     if comm is not None:  # every rank fails together rather than waiting at a barrier for one that left
-        errors = [e for e in comm.all_errors(error) if e]
-        error = error or (errors[0] if errors else None)
-    if error:
-        raise ValueError(error)
+        errors = [e for e in comm.all_errors(None if error is None else (type(error).__name__, str(error))) if e]
+        if error is None and errors:
+            kind, message = errors[0]
+            error = (SettingsMismatch if kind == "SettingsMismatch" else ValueError)(message)
+    if error is not None:
+        raise error
 
     total = len(plan)
     mine = [i for i in range(total) if i % world == rank]

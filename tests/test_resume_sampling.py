@@ -107,8 +107,17 @@ def test_a_command_with_other_settings_is_refused_naming_them(tmp_path, uninterr
     assert "seed: 2 in the manifest, 3 in this command" in r.stderr
     assert "precision: 'fp32' in the manifest, 'bf16' in this command" in r.stderr
     assert "steps" not in r.stderr.split("different settings")[1]  # only what differs is named
+    assert "or pass --restart to discard the earlier job" in r.stderr
     assert (out / "manifest.json").read_bytes() == before
     _assert_same_samples(out, uninterrupted)
+    # --restart discards the earlier job and draws every shard of the new one
+    r = _run(out, "--seed", "3", "--restart")
+    assert r.returncode == 0, r.stderr
+    assert "removed the earlier job's manifest and 10 shards" in r.stderr
+    assert r.stderr.count(" written") == NUM_SHARDS
+    assert shards._read_manifest(str(out))["settings"]["seed"] == 3
+    _assert_complete_and_clean(out)
+    assert not np.array_equal(np.load(out / "samples.npz")["arr_0"], np.load(uninterrupted / "samples.npz")["arr_0"])
 
 
 def test_a_corrupted_shard_is_found_by_its_checksum_and_drawn_again(tmp_path, uninterrupted):
@@ -163,6 +172,19 @@ def test_runner_refuses_other_settings_and_other_shard_layouts(tmp_path):
         shards.run_shards(_arange([]), 6, 3, str(tmp_path), {"seed": 0, "method": "pc"})
     with pytest.raises(ValueError, match=r"(?s)n: 6 in the manifest, 7 in this command.*shard_size: 3 in the manifest, 2"):
         shards.run_shards(_arange([]), 7, 2, str(tmp_path), {"seed": 0, "method": "ddim"})
+
+
+def test_discard_job_removes_the_job_but_not_other_files(tmp_path):
+    shards.run_shards(_arange([]), 6, 2, str(tmp_path), {})
+    (tmp_path / "samples.npz").write_bytes(b"final output")
+    (tmp_path / "shards" / ".tmp-r0-shard-x").write_bytes(b"torn")
+    removed = shards.discard_job(str(tmp_path))
+    assert len(removed) == 5  # the manifest, three shards and the temporary file
+    assert sorted(os.listdir(tmp_path)) == [".manifest.lock", "samples.npz", "shards"]
+    assert os.listdir(tmp_path / "shards") == []
+    calls = []
+    shards.run_shards(_arange(calls), 6, 3, str(tmp_path), {"other": True})  # a new job opens there
+    assert calls == [0, 3]
 
 
 def test_runner_redraws_a_corrupted_or_missing_shard_with_a_warning(tmp_path):

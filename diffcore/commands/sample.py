@@ -50,6 +50,9 @@ def add_parser(sub):
                         "the same command run again resumes an interrupted job. Under torchrun shard i is sampled "
                         "by rank i %% WORLD_SIZE and rank 0 merges: the samples depend on n, seed and shard size, "
                         "not on the number of ranks")
+    s.add_argument("--restart", action="store_true",
+                   help="discard the job already in OUT (manifest and shards) and start over, instead of resuming "
+                        "it; without it, a job started with other settings is refused")
     s.set_defaults(func=run)
 
 

@@ -11,7 +11,8 @@ from .. import shards
 from ..distributed import DEFAULT_SHARD_SIZE, Context, finish, init_from_env
 
 # flags that do not change a single bit of the samples: a resumed job may differ in them
-NOT_SETTINGS = {"func", "command", "out", "device", "model", "n", "shard_size", "check_finite", "progress", "quiet"}
+NOT_SETTINGS = {"func", "command", "out", "device", "model", "n", "shard_size", "check_finite", "progress", "quiet",
+                "restart"}
 
 
 def start(args) -> Context:
@@ -52,8 +53,16 @@ def run(args, ctx: Context, sample_range, n: int, job_settings: dict):
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
     try:
+        if getattr(args, "restart", False):
+            if ctx.rank == 0:
+                removed = shards.discard_job(args.out)
+                log(f"--restart: removed the earlier job's manifest and {sum('shard-' in p for p in removed)} shards")
+            if ctx.comm is not None:
+                ctx.comm.barrier()  # no rank opens the job before rank 0 has cleared it
         return shards.run_shards(sample_range, n, shard_size(args, n), args.out, job_settings, rank=ctx.rank,
                                  world=ctx.world, comm=ctx.comm, log=log)
+    except shards.SettingsMismatch as e:
+        raise ValueError(f"{e}, or pass --restart to discard the earlier job") from None
     finally:
         finish(ctx)
 
