@@ -224,9 +224,6 @@ def test_learned_range_variance_matches_the_reference(backend):
 def test_triton_plan_matches_the_reference(method, process, opts):
     """The Triton kernels (under TRITON_INTERPRET=1 here) inside the engine, noise drawn in-kernel."""
     pytest.importorskip("triton")
-    from diffcore import ops
-    if ops.resolve("affine_step", torch.device("cpu"), "auto") is None:
-        pytest.skip("no triton")
     args = dict(n=3, shape=(2, 3), method=method, steps=25, seed=5, **opts)
     gm = diffcore.GaussianMixture(torch.randn(2, 2, 3, generator=torch.Generator().manual_seed(0)).flatten(1),
                                   0.5, [0.6, 0.4])
