@@ -19,6 +19,8 @@ and recorded in a manifest; rank 0 merges them.
   a temporary file in the same directory (".tmp-r<rank>-..."), fsynced and renamed over its
   name; the directory is fsynced too. A crash leaves either the old file or the new one, never
   a torn one; leftover temporary files are removed when the job starts again.
+- `discard_job(out_dir)` removes a job (manifest, shards, temporary files) to start over
+  (SettingsMismatch is the ValueError for a job with other settings).
 """
 from __future__ import annotations
 

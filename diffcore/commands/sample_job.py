@@ -40,8 +40,27 @@ def settings(args, model_path: str, **resolved) -> dict:
     s = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}
     s["device"] = torch.device(args.device).type
     s["model_sha256"] = model_files_sha256(model_path)
+    s["op_backends"] = op_backends(args)
     s.update(resolved)
     return s
+
+
+def op_backends(args) -> dict:
+    """The backend each fused op resolves to: --backend auto depends on DIFFCORE_BACKEND and on
+    what is built, and shards drawn on different backends differ in the last bits."""
+    import torch
+
+    from .. import ops
+
+    asked = getattr(args, "backend", None)
+    asked = None if asked in (None, "auto") else asked
+    out = {}
+    for op in sorted(ops.REFERENCE):
+        try:
+            out[op] = ops.resolve(op, torch.device(args.device), asked)
+        except (RuntimeError, ValueError) as e:  # sampling reports it; the manifest just records it
+            out[op] = f"unavailable: {e}"
+    return out
 
 
 def shard_size(args, n: int) -> int:
