@@ -53,6 +53,47 @@ def test_two_gloo_ranks_under_torchrun_equal_one_process_bitwise(tmp_path):
     assert m1["shards"] == m2["shards"] and len(m2["shards"]) == 3
 
 
+API_SCRIPT = """
+import sys
+import torch
+import diffcore
+from diffcore import distributed, shards
+from diffcore.sde import VPSDE
+
+out = sys.argv[1]
+ctx = distributed.init_from_env("cpu")
+assert ctx.world == 2 and ctx.comm is not None
+gm = diffcore.GaussianMixture([[4.0, 0.0], [-4.0, 0.0]], 0.5, [0.8, 0.2])
+process = VPSDE()
+kw = dict(n=22, shape=(2,), method="pc", steps=12, seed=3, predictor="euler_maruyama", corrector="none")
+x = distributed.sample_sharded(gm.model(process), process, out_dir=out + "/job", shard_size=5, **kw)
+assert (x is None) == (ctx.rank != 0)
+if ctx.rank == 0:
+    assert torch.equal(x, diffcore.sample(gm.model(process), process, **kw))
+# the same directory with another seed: every rank refuses (none is left waiting at a barrier)
+try:
+    distributed.sample_sharded(gm.model(process), process, out_dir=out + "/job", shard_size=5, **{**kw, "seed": 4})
+except shards.SettingsMismatch as e:
+    assert "seed: 3 in the manifest, 4 in this command" in str(e)
+    print(f"rank {ctx.rank} refused", flush=True)
+distributed.finish(ctx)
+"""
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this python")
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_python_api_under_a_gloo_process_group(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(API_SCRIPT)
+    r = subprocess.run([str(TORCHRUN), "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path)],
+                       capture_output=True, text=True, env=_env(), timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "rank 0 refused" in r.stdout and "rank 1 refused" in r.stdout
+    m = shards._read_manifest(str(tmp_path / "job"))
+    assert sorted(m["shards"], key=int) == ["0", "1", "2", "3", "4"]
+
+
 # --- the Python API over a simulated split (ranks run one after the other, no process group) ---
 
 @pytest.fixture
