@@ -7,6 +7,7 @@ ValueError/TypeError/RuntimeError whose message names an argument of the op, or 
 the reference in diffcore.ops returns for the same inputs; it never crashes the process and
 never returns unwritten memory."""
 import os
+import re
 
 import pytest
 import torch
@@ -102,7 +103,8 @@ def call(fn, names, *args, **kw):
     except (ValueError, TypeError, RuntimeError) as e:
         _event(f"clean {type(e).__name__}")
         msg = str(e)
-        assert msg and any(n in msg for n in names), f"{type(e).__name__} names no argument of {sorted(names)}: {msg}"
+        assert any(re.search(rf"\b{re.escape(n)}\b", msg) for n in names), \
+            f"{type(e).__name__} names no argument of {sorted(names)}: {msg}"
         return False, None
 
 
@@ -144,7 +146,7 @@ def step_setup(draw):
     x = case.tensor(shape, dtype)
     in_kernel = draw(st.booleans())
     if in_kernel:
-        idx = case.tensor((B,), torch.int64, lo=0, hi=2 ** 20).abs()
+        idx = case.tensor((B,), torch.int64, lo=0, hi=2 ** 20)
         addr = [draw(st.one_of(st.integers(0, 2 ** 32 - 1), st.integers(-2, 2 ** 32 + 2))) for _ in range(4)]
         z = None
     else:
@@ -299,7 +301,7 @@ def test_fuzz_group_norm_silu(data, N_, C_, G, spatial, dtype, silu, launcher, e
     w = case.tensor((C_,), dtype) if data.draw(st.booleans()) else None
     bias = case.tensor((C_,), torch.float32) if data.draw(st.booleans()) else None
     emb = case.tensor((N_, C_), dtype) if data.draw(st.booleans()) else None
-    names = names_of(T.group_norm_silu) | {"C ="}
+    names = names_of(T.group_norm_silu)
     if launcher:
         ok, out = call(group_norm_silu.group_norm_silu_forward, names, x, G, w, bias, eps, emb, silu)
     else:
@@ -339,7 +341,7 @@ def test_fuzz_group_norm_silu_backward(data, dtype, m_dy, m_stats):
         mean = mean[:, :1]
     elif m_stats == "meta":
         rstd = rstd.to("meta")
-    ok, out = call(group_norm_silu.group_norm_silu_backward, names_of(T.group_norm_silu_backward) | {"dy", "C ="},
+    ok, out = call(group_norm_silu.group_norm_silu_backward, names_of(T.group_norm_silu_backward),
                    dy, x, 2, w, None, None, mean, rstd)
     stats_ok = mean.shape == (2, 2) and rstd.device == x.device
     dy_ok = dy.dtype.is_floating_point and dy.shape == x.shape and dy.device == x.device
