@@ -131,9 +131,11 @@ def _fused_norm(gn: nn.GroupNorm, silu: bool, backend) -> dnn.GroupNormSiLU:
 
 def _residual(skip: torch.Tensor, h: torch.Tensor, scale: float, backend) -> torch.Tensor:
     """(skip + h) * scale in h's memory format; h must be a tensor the caller owns (a layer's
-    fresh output, possibly viewed with other strides)."""
+    fresh output, possibly viewed with other strides). Mixed dtypes (autocast) are promoted as
+    torch's `skip + h` in the original block would: the residual stream keeps its precision."""
     if skip.dtype != h.dtype:
-        skip = skip.to(h.dtype)
+        dt = torch.promote_types(skip.dtype, h.dtype)
+        skip, h = skip.to(dt), h.to(dt)
     if (backend is None and h.dtype in (torch.float32, torch.float64) and skip.shape == h.shape
             and not (torch.is_grad_enabled() and (h.requires_grad or skip.requires_grad))):
         h = h.add_(skip)  # the reference's float32 (float64) arithmetic, without a new tensor
