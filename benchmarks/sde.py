@@ -11,8 +11,11 @@
 
 Timings are medians over repeats interleaved across the contenders (each round times every
 contender once), after a warm-up; every contender runs with the same torch thread count.
+The native CPU ops take their large outputs from the extension's buffer pool (csrc/cpu/pool.h);
+run with DIFFCORE_CPU_POOL_MB=0 to time them on plain torch allocations (the header line says
+which).
 
-    python benchmarks/sde.py [--quick] [--threads N]
+    python benchmarks/sde.py [--quick] [--threads N] [--cases abc]
 """
 from __future__ import annotations
 
@@ -194,22 +197,31 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads for every contender (default: torch's); on a machine shared with "
                          "other jobs, 1 avoids OpenMP oversubscription stalls that hit many-op loops hardest")
+    ap.add_argument("--cases", default="abc", help="which cases to run: any of a (SDE), b (DDPM step), c (GroupNorm)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     import diffcore.native as native   # build or load the extension before any timing
-    print(f"native extension: {native.origin()} ({native.BUILD_INFO}); torch threads {torch.get_num_threads()}")
+    pool = os.environ.get("DIFFCORE_CPU_POOL_MB", "256 (default)")
+    print(f"native extension: {native.origin()} ({native.BUILD_INFO}); torch threads {torch.get_num_threads()}; "
+          f"CPU output pool MiB: {pool}")
     repeats = 3 if args.quick else 5
     rows, ratios = [], {}
-    print("(a) reverse SDE")
-    reverse_sde(8192 if args.quick else 65536, 200 if args.quick else 1000, repeats, rows, ratios)
-    print("(b) DDPM step")
-    ddpm_step(repeats if args.quick else 9, rows, ratios)
-    print("(c) GroupNorm + SiLU")
-    group_norm(repeats if args.quick else 9, rows, ratios, args.quick)
+    if "a" in args.cases:
+        print("(a) reverse SDE")
+        reverse_sde(8192 if args.quick else 65536, 200 if args.quick else 1000, repeats, rows, ratios)
+    if "b" in args.cases:
+        print("(b) DDPM step")
+        ddpm_step(repeats if args.quick else 9, rows, ratios)
+    if "c" in args.cases:
+        print("(c) GroupNorm + SiLU")
+        group_norm(repeats if args.quick else 9, rows, ratios, args.quick)
     print_table(rows)
     print("ratios:", {k: round(v, 2) for k, v in ratios.items()})
-    print("wrote", write_results("sde_quick" if args.quick else "sde", rows, ratios))
+    name = "sde_quick" if args.quick else "sde"
+    if args.cases != "abc":
+        name += "_" + args.cases
+    print("wrote", write_results(name, rows, ratios))
 
 
 if __name__ == "__main__":

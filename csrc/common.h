@@ -76,4 +76,125 @@ inline int64_t per_sample(const at::Tensor& x) {
   return E;
 }
 
+// ---- whole-op checks: one definition for the CPU and CUDA implementations of each op ----------
+
+// philox_normal / philox_uniform: [len(sample_idx), numel] draws.
+inline void check_noise_op(const at::Tensor& idx, int64_t step, int64_t stream, int64_t numel, c10::DeviceType dev) {
+  TORCH_CHECK(idx.device().type() == dev, "diffcore: sample_idx must be a ", c10::DeviceTypeName(dev),
+              " tensor for this implementation");
+  TORCH_CHECK(idx.dim() == 1, "diffcore: sample_idx must be 1-D; got shape ", idx.sizes());
+  check_sample_idx(idx, idx.size(0), idx.device());
+  check_counter(step, stream);
+  TORCH_CHECK(numel >= 0 && numel / 4 < (int64_t(1) << 32), "diffcore: numel must lie in [0, 2^34); got ", numel);
+}
+
+inline void check_affine_step(const at::Tensor& x, const at::Tensor& score, const at::Tensor& a, const at::Tensor& b,
+                              const at::Tensor& std_, const c10::optional<at::Tensor>& z,
+                              const c10::optional<at::Tensor>& idx, int64_t step, int64_t stream, c10::DeviceType dev) {
+  check_float_x(x, "x", dev);
+  check_like(score, "score", x);
+  check_coef(a, "a", x);
+  check_coef(b, "b", x);
+  check_coef(std_, "std", x);
+  check_noise(z, idx, step, stream, x);
+}
+
+inline void check_heun_step(const at::Tensor& x, const at::Tensor& s1, const at::Tensor& x_pred, const at::Tensor& s2,
+                            const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, const at::Tensor& d,
+                            c10::DeviceType dev) {
+  check_float_x(x, "x", dev);
+  check_like(s1, "score1", x);
+  check_like(x_pred, "x_pred", x);
+  check_like(s2, "score2", x);
+  check_coef(a, "a", x);
+  check_coef(b, "b", x);
+  check_coef(c, "c", x);
+  check_coef(d, "d", x);
+}
+
+inline void check_ddpm_step(const at::Tensor& x, const at::Tensor& eps, const at::Tensor& sra, const at::Tensor& srm1,
+                            const at::Tensor& cx0, const at::Tensor& cxt, const at::Tensor& log_var,
+                            const c10::optional<at::Tensor>& v, const c10::optional<at::Tensor>& log_var_max,
+                            const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& idx, int64_t step,
+                            int64_t stream, c10::DeviceType dev) {
+  check_float_x(x, "x", dev);
+  check_like(eps, "eps", x);
+  check_coef(sra, "sqrt_recip_abar", x);
+  check_coef(srm1, "sqrt_recipm1_abar", x);
+  check_coef(cx0, "coef_x0", x);
+  check_coef(cxt, "coef_xt", x);
+  check_coef(log_var, "log_var", x);
+  TORCH_CHECK(v.has_value() == log_var_max.has_value(), "diffcore: v and log_var_max go together (learned_range)");
+  if (v.has_value()) {
+    check_like(*v, "v", x);
+    check_coef(*log_var_max, "log_var_max", x);
+  }
+  check_noise(z, idx, step, stream, x);
+}
+
+inline void check_ddim_step(const at::Tensor& x, const at::Tensor& eps, const at::Tensor& abar_t,
+                            const at::Tensor& abar_prev, const at::Tensor& eta, const c10::optional<at::Tensor>& z,
+                            const c10::optional<at::Tensor>& idx, int64_t step, int64_t stream, c10::DeviceType dev) {
+  check_float_x(x, "x", dev);
+  check_like(eps, "eps", x);
+  check_coef(abar_t, "abar_t", x);
+  check_coef(abar_prev, "abar_prev", x);
+  check_coef(eta, "eta", x);
+  check_noise(z, idx, step, stream, x);
+}
+
+inline void check_langevin_step(const at::Tensor& x, const at::Tensor& score, const at::Tensor& alpha, double snr,
+                                const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& idx,
+                                int64_t step, int64_t stream, c10::DeviceType dev) {
+  check_float_x(x, "x", dev);
+  check_like(score, "score", x);
+  check_coef(alpha, "alpha", x);
+  TORCH_CHECK(snr > 0, "diffcore: snr must be > 0; got ", snr);
+  check_noise(z, idx, step, stream, x);
+}
+
+inline void check_residual_add(const at::Tensor& skip, const at::Tensor& h, c10::DeviceType dev) {
+  check_float_x(h, "h", dev);
+  check_like(skip, "skip", h);
+}
+
+// An optional per-channel parameter of GroupNorm: x's device and dtype, the given shape.
+inline void check_param(const c10::optional<at::Tensor>& p, const char* name, const at::Tensor& x,
+                        at::IntArrayRef shape) {
+  if (!p.has_value()) return;
+  TORCH_CHECK(p->device() == x.device(), "diffcore: ", name, " must be on x's device ", x.device(), "; got ", p->device());
+  TORCH_CHECK(p->scalar_type() == x.scalar_type(), "diffcore: ", name, " must have x's dtype ", x.scalar_type(),
+              "; got ", p->scalar_type());
+  TORCH_CHECK(p->sizes() == shape, "diffcore: ", name, " must have shape ", shape, "; got ", p->sizes());
+  TORCH_CHECK(p->is_contiguous(), "diffcore: ", name, " must be contiguous");
+}
+
+// group_norm_silu. Returns whether x is channels_last (4-D / 5-D, and not also contiguous),
+// which only implementations passing allow_channels_last accept.
+inline bool check_group_norm(const at::Tensor& x, int64_t G, const c10::optional<at::Tensor>& weight,
+                             const c10::optional<at::Tensor>& bias, double eps, const c10::optional<at::Tensor>& emb,
+                             c10::DeviceType dev, bool allow_channels_last) {
+  TORCH_CHECK(x.device().type() == dev, "diffcore: x must be a ", c10::DeviceTypeName(dev),
+              " tensor for this implementation; got ", x.device());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "diffcore: x must be float32 or float64 for the native group_norm_silu; got ", x.scalar_type());
+  TORCH_CHECK(x.dim() >= 2, "diffcore: x must be [N, C, *spatial]; got shape ", x.sizes());
+  const int64_t N = x.size(0), C = x.size(1);
+  TORCH_CHECK(G >= 1 && C % G == 0, "diffcore: num_groups must be a positive integer dividing C = ", C, "; got ", G);
+  TORCH_CHECK(eps > 0, "diffcore: eps must be > 0; got ", eps);
+  check_param(weight, "weight", x, {C});
+  check_param(bias, "bias", x, {C});
+  check_param(emb, "emb", x, {N, C});
+  const bool cl = (x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) ||
+                  (x.dim() == 5 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast3d));
+  if (allow_channels_last) {
+    TORCH_CHECK(x.is_contiguous() || cl, "diffcore: x must be contiguous (NCHW) or channels_last; got strides ",
+                x.strides());
+  } else {
+    TORCH_CHECK(x.is_contiguous(), "diffcore: x must be contiguous (NCHW) on ", c10::DeviceTypeName(dev),
+                "; got strides ", x.strides());
+  }
+  return cl && allow_channels_last;
+}
+
 }  // namespace diffcore

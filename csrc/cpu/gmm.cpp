@@ -49,15 +49,8 @@ void ode_block(const OdeArgs<double>& A, double* buf, int L) { ode_block_f64(A, 
 std::tuple<at::Tensor, at::Tensor> gmm_pc_cpu(const at::Tensor& x, const at::Tensor& idx, int64_t seed,
                                               const at::Tensor& cf, const at::Tensor& coef, int64_t K,
                                               int64_t corrector_steps, bool predictor, double snr) {
-  check_gmm_state(x, c10::DeviceType::CPU);
-  check_components(K);
+  check_gmm_pc(x, idx, cf, coef, K, corrector_steps, snr, c10::DeviceType::CPU);
   const int64_t n = x.size(0), D = x.size(1);
-  check_sample_idx(idx, n, x.device());
-  check_table(cf, "cf", x, -1, score_coef_size(K, D));
-  check_table(coef, "coef", x, cf.size(0), 4);
-  TORCH_CHECK(corrector_steps >= 0, "diffcore: corrector_steps must be >= 0; got ", corrector_steps);
-  TORCH_CHECK(snr > 0, "diffcore: snr must be > 0; got ", snr);
-  TORCH_CHECK(cf.size(0) < (int64_t(1) << 31), "diffcore: too many steps");
   auto out = at::empty_like(x), mean = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::gmm_pc", [&] {
     using T = scalar_t;
@@ -90,16 +83,8 @@ std::tuple<at::Tensor, at::Tensor> gmm_pc_cpu(const at::Tensor& x, const at::Ten
 
 at::Tensor gmm_ode_cpu(const at::Tensor& x, const at::Tensor& cf, const at::Tensor& coef, const at::Tensor& h,
                        int64_t K, bool heun) {
-  check_gmm_state(x, c10::DeviceType::CPU);
-  check_components(K);
+  const int64_t steps = check_gmm_ode(x, cf, coef, h, K, heun, c10::DeviceType::CPU);
   const int64_t n = x.size(0), D = x.size(1);
-  TORCH_CHECK(h.dim() == 2 && h.size(0) == (heun ? 2 : 1), "diffcore: h must have shape [", heun ? 2 : 1,
-              ", steps] (step sizes", heun ? ", then half step sizes" : "", "); got ", h.sizes());
-  check_table(h, "h", x, heun ? 2 : 1, h.size(1));
-  const int64_t steps = h.size(1);
-  TORCH_CHECK(steps < (int64_t(1) << 30), "diffcore: too many steps");
-  check_table(cf, "cf", x, heun ? 2 * steps : steps, score_coef_size(K, D));
-  check_table(coef, "coef", x, cf.size(0), 2);
   auto out = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::gmm_ode", [&] {
     using T = scalar_t;
@@ -127,20 +112,8 @@ at::Tensor gmm_ode_cpu(const at::Tensor& x, const at::Tensor& cf, const at::Tens
 std::tuple<at::Tensor, at::Tensor> gmm_rk45_cpu(const at::Tensor& x, const at::Tensor& means, const at::Tensor& vars,
                                                 const at::Tensor& logw, int64_t kind, double p0, double p1, double t0,
                                                 double t1, double rtol, double atol, double h0, int64_t max_steps) {
-  check_gmm_state(x, c10::DeviceType::CPU);
+  const int64_t K = check_gmm_rk45(x, means, vars, logw, kind, t0, t1, rtol, atol, max_steps, c10::DeviceType::CPU);
   const int64_t n = x.size(0), D = x.size(1);
-  TORCH_CHECK(means.dim() == 2, "diffcore: means must have shape [K, D]; got ", means.sizes());
-  const int64_t K = means.size(0);
-  check_components(K);
-  check_table(means, "means", x, K, D);
-  check_table(vars, "vars", x, K, D);
-  TORCH_CHECK(logw.dim() == 1 && logw.size(0) == K, "diffcore: log_weights must have shape [K] = [", K, "]; got ",
-              logw.sizes());
-  check_table(logw.reshape({1, K}), "log_weights", x, 1, K);
-  TORCH_CHECK(kind >= 0 && kind <= 2, "diffcore: sde_kind must be 0 (VE), 1 (VP) or 2 (sub-VP); got ", kind);
-  TORCH_CHECK(rtol > 0 && atol > 0, "diffcore: rtol and atol must be > 0; got ", rtol, ", ", atol);
-  TORCH_CHECK(max_steps >= 1, "diffcore: max_steps must be >= 1; got ", max_steps);
-  TORCH_CHECK(t0 != t1, "diffcore: t0 and t1 must differ");
   auto out = at::empty_like(x);
   auto nfe = at::empty({n}, x.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::gmm_rk45", [&] {

@@ -187,33 +187,12 @@ inline void row_cl(const float* x, float* y, int64_t C, const float* a, const fl
 }
 inline void row_cl(const double* x, double* y, int64_t C, const double* a, const double* b, bool s) { row_cl_f64(x, y, C, a, b, s); }
 
-void check_param(const c10::optional<at::Tensor>& p, const char* name, const at::Tensor& x, at::IntArrayRef shape) {
-  if (!p.has_value()) return;
-  TORCH_CHECK(p->device() == x.device(), "diffcore: ", name, " must be on x's device ", x.device(), "; got ", p->device());
-  TORCH_CHECK(p->scalar_type() == x.scalar_type(), "diffcore: ", name, " must have x's dtype ", x.scalar_type(),
-              "; got ", p->scalar_type());
-  TORCH_CHECK(p->sizes() == shape, "diffcore: ", name, " must have shape ", shape, "; got ", p->sizes());
-  TORCH_CHECK(p->is_contiguous(), "diffcore: ", name, " must be contiguous");
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cpu(const at::Tensor& x, int64_t G,
                                                                    const c10::optional<at::Tensor>& weight,
                                                                    const c10::optional<at::Tensor>& bias, double eps,
                                                                    const c10::optional<at::Tensor>& emb, bool silu) {
-  TORCH_CHECK(x.device().is_cpu(), "diffcore: x must be a CPU tensor for this implementation; got ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "diffcore: x must be float32 or float64 for the native group_norm_silu; got ", x.scalar_type());
-  TORCH_CHECK(x.dim() >= 2, "diffcore: x must be [N, C, *spatial]; got shape ", x.sizes());
+  const bool cl = check_group_norm(x, G, weight, bias, eps, emb, c10::DeviceType::CPU, /*allow_channels_last=*/true);
   const int64_t N = x.size(0), C = x.size(1);
-  TORCH_CHECK(G >= 1 && C % G == 0, "diffcore: num_groups must be a positive integer dividing C = ", C, "; got ", G);
-  TORCH_CHECK(eps > 0, "diffcore: eps must be > 0; got ", eps);
-  check_param(weight, "weight", x, {C});
-  check_param(bias, "bias", x, {C});
-  check_param(emb, "emb", x, {N, C});
-  const bool cl = (x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) ||
-                  (x.dim() == 5 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast3d));
-  TORCH_CHECK(x.is_contiguous() || cl, "diffcore: x must be contiguous (NCHW) or channels_last; got strides ",
-              x.strides());
   const int64_t HW = N * C ? x.numel() / (N * C) : 0;
   const int64_t Cg = C / G;
   auto y = pooled_empty_like(x);

@@ -155,16 +155,8 @@ inline T coef(const at::Tensor& c, int64_t b) {
 }
 
 // ---- noise ------------------------------------------------------------------------------------
-void check_noise_args(const at::Tensor& idx, int64_t step, int64_t stream, int64_t numel) {
-  TORCH_CHECK(idx.device().is_cpu(), "diffcore: sample_idx must be a CPU tensor for this implementation");
-  TORCH_CHECK(idx.dim() == 1, "diffcore: sample_idx must be 1-D; got shape ", idx.sizes());
-  check_sample_idx(idx, idx.size(0), idx.device());
-  check_counter(step, stream);
-  TORCH_CHECK(numel >= 0 && numel / 4 < (int64_t(1) << 32), "diffcore: numel must lie in [0, 2^34); got ", numel);
-}
-
 at::Tensor philox_normal_cpu(int64_t seed, const at::Tensor& idx, int64_t step, int64_t stream, int64_t numel) {
-  check_noise_args(idx, step, stream, numel);
+  check_noise_op(idx, step, stream, numel, c10::DeviceType::CPU);
   const int64_t B = idx.size(0);
   auto out = at::empty({B, numel}, idx.options().dtype(at::kFloat));
   float* o = out.data_ptr<float>();
@@ -176,7 +168,7 @@ at::Tensor philox_normal_cpu(int64_t seed, const at::Tensor& idx, int64_t step, 
 }
 
 at::Tensor philox_uniform_cpu(int64_t seed, const at::Tensor& idx, int64_t step, int64_t stream, int64_t numel) {
-  check_noise_args(idx, step, stream, numel);
+  check_noise_op(idx, step, stream, numel, c10::DeviceType::CPU);
   const int64_t B = idx.size(0);
   auto out = at::empty({B, numel}, idx.options().dtype(at::kDouble));
   double* o = out.data_ptr<double>();
@@ -200,12 +192,7 @@ std::tuple<at::Tensor, at::Tensor> affine_step_cpu(const at::Tensor& x, const at
                                                    const at::Tensor& b, const at::Tensor& std_,
                                                    const c10::optional<at::Tensor>& z, int64_t seed,
                                                    const c10::optional<at::Tensor>& idx, int64_t step, int64_t stream) {
-  check_float_x(x, "x", c10::DeviceType::CPU);
-  check_like(score, "score", x);
-  check_coef(a, "a", x);
-  check_coef(b, "b", x);
-  check_coef(std_, "std", x);
-  check_noise(z, idx, step, stream, x);
+  check_affine_step(x, score, a, b, std_, z, idx, step, stream, c10::DeviceType::CPU);
   auto out = pooled_empty_like(x), mean = pooled_empty_like(x);
   const int64_t B = x.size(0), E = per_sample(x);
   Noise nz = make_noise(z, idx, seed, step, stream);
@@ -230,14 +217,7 @@ std::tuple<at::Tensor, at::Tensor> affine_step_cpu(const at::Tensor& x, const at
 
 at::Tensor heun_step_cpu(const at::Tensor& x, const at::Tensor& s1, const at::Tensor& xp_, const at::Tensor& s2,
                          const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, const at::Tensor& d) {
-  check_float_x(x, "x", c10::DeviceType::CPU);
-  check_like(s1, "score1", x);
-  check_like(xp_, "x_pred", x);
-  check_like(s2, "score2", x);
-  check_coef(a, "a", x);
-  check_coef(b, "b", x);
-  check_coef(c, "c", x);
-  check_coef(d, "d", x);
+  check_heun_step(x, s1, xp_, s2, a, b, c, d, c10::DeviceType::CPU);
   auto out = pooled_empty_like(x);
   const int64_t B = x.size(0), E = per_sample(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::heun_step", [&] {
@@ -259,19 +239,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ddpm_step_cpu(
     const at::Tensor& cxt, const at::Tensor& log_var, const c10::optional<at::Tensor>& v,
     const c10::optional<at::Tensor>& log_var_max, bool clip, const c10::optional<at::Tensor>& z, int64_t seed,
     const c10::optional<at::Tensor>& idx, int64_t step, int64_t stream) {
-  check_float_x(x, "x", c10::DeviceType::CPU);
-  check_like(eps, "eps", x);
-  check_coef(sra, "sqrt_recip_abar", x);
-  check_coef(srm1, "sqrt_recipm1_abar", x);
-  check_coef(cx0, "coef_x0", x);
-  check_coef(cxt, "coef_xt", x);
-  check_coef(log_var, "log_var", x);
-  TORCH_CHECK(v.has_value() == log_var_max.has_value(), "diffcore: v and log_var_max go together (learned_range)");
-  if (v.has_value()) {
-    check_like(*v, "v", x);
-    check_coef(*log_var_max, "log_var_max", x);
-  }
-  check_noise(z, idx, step, stream, x);
+  check_ddpm_step(x, eps, sra, srm1, cx0, cxt, log_var, v, log_var_max, z, idx, step, stream, c10::DeviceType::CPU);
   auto out = pooled_empty_like(x), mean = pooled_empty_like(x), px0 = pooled_empty_like(x);
   const int64_t B = x.size(0), E = per_sample(x);
   Noise nz = make_noise(z, idx, seed, step, stream);
@@ -316,12 +284,7 @@ std::tuple<at::Tensor, at::Tensor> ddim_step_cpu(const at::Tensor& x, const at::
                                                  const at::Tensor& abar_prev, const at::Tensor& eta, bool clip,
                                                  const c10::optional<at::Tensor>& z, int64_t seed,
                                                  const c10::optional<at::Tensor>& idx, int64_t step, int64_t stream) {
-  check_float_x(x, "x", c10::DeviceType::CPU);
-  check_like(eps, "eps", x);
-  check_coef(abar_t, "abar_t", x);
-  check_coef(abar_prev, "abar_prev", x);
-  check_coef(eta, "eta", x);
-  check_noise(z, idx, step, stream, x);
+  check_ddim_step(x, eps, abar_t, abar_prev, eta, z, idx, step, stream, c10::DeviceType::CPU);
   auto out = pooled_empty_like(x), px0 = pooled_empty_like(x);
   const int64_t B = x.size(0), E = per_sample(x);
   Noise nz = make_noise(z, idx, seed, step, stream);
@@ -352,11 +315,7 @@ std::tuple<at::Tensor, at::Tensor> langevin_step_cpu(const at::Tensor& x, const 
                                                      const c10::optional<at::Tensor>& z, int64_t seed,
                                                      const c10::optional<at::Tensor>& idx, int64_t step,
                                                      int64_t stream) {
-  check_float_x(x, "x", c10::DeviceType::CPU);
-  check_like(score, "score", x);
-  check_coef(alpha, "alpha", x);
-  TORCH_CHECK(snr > 0, "diffcore: snr must be > 0; got ", snr);
-  check_noise(z, idx, step, stream, x);
+  check_langevin_step(x, score, alpha, snr, z, idx, step, stream, c10::DeviceType::CPU);
   auto out = pooled_empty_like(x), mean = pooled_empty_like(x);
   const int64_t B = x.size(0), E = per_sample(x);
   if (B == 0) return {out, mean};
@@ -415,8 +374,7 @@ std::tuple<at::Tensor, at::Tensor> langevin_step_cpu(const at::Tensor& x, const 
 }
 
 at::Tensor residual_add_cpu(const at::Tensor& skip, const at::Tensor& h, double scale) {
-  check_float_x(h, "h", c10::DeviceType::CPU);
-  check_like(skip, "skip", h);
+  check_residual_add(skip, h, c10::DeviceType::CPU);
   auto out = pooled_empty_like(h);
   const int64_t N = h.numel();
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "diffcore::residual_add", [&] {

@@ -25,16 +25,8 @@ cuda::NoiseArgs noise_args(const c10::optional<at::Tensor>& z, const c10::option
 
 const double* cp(const at::Tensor& t) { return t.data_ptr<double>(); }
 
-void check_idx_cuda(const at::Tensor& idx, int64_t step, int64_t stream, int64_t numel) {
-  TORCH_CHECK(idx.device().is_cuda(), "diffcore: sample_idx must be a CUDA tensor for this implementation");
-  TORCH_CHECK(idx.dim() == 1, "diffcore: sample_idx must be 1-D; got shape ", idx.sizes());
-  check_sample_idx(idx, idx.size(0), idx.device());
-  check_counter(step, stream);
-  TORCH_CHECK(numel >= 0 && numel / 4 < (int64_t(1) << 32), "diffcore: numel must lie in [0, 2^34); got ", numel);
-}
-
 at::Tensor philox_normal_cuda(int64_t seed, const at::Tensor& idx, int64_t step, int64_t stream, int64_t numel) {
-  check_idx_cuda(idx, step, stream, numel);
+  check_noise_op(idx, step, stream, numel, kCUDA);
   c10::cuda::CUDAGuard guard(idx.device());
   auto out = at::empty({idx.size(0), numel}, idx.options().dtype(at::kFloat));
   cuda::philox_normal(static_cast<uint64_t>(seed), idx.data_ptr<int64_t>(), idx.size(0), static_cast<uint32_t>(step),
@@ -43,7 +35,7 @@ at::Tensor philox_normal_cuda(int64_t seed, const at::Tensor& idx, int64_t step,
 }
 
 at::Tensor philox_uniform_cuda(int64_t seed, const at::Tensor& idx, int64_t step, int64_t stream, int64_t numel) {
-  check_idx_cuda(idx, step, stream, numel);
+  check_noise_op(idx, step, stream, numel, kCUDA);
   c10::cuda::CUDAGuard guard(idx.device());
   auto out = at::empty({idx.size(0), numel}, idx.options().dtype(at::kDouble));
   cuda::philox_uniform(static_cast<uint64_t>(seed), idx.data_ptr<int64_t>(), idx.size(0), static_cast<uint32_t>(step),
@@ -55,12 +47,7 @@ std::tuple<at::Tensor, at::Tensor> affine_step_cuda(const at::Tensor& x, const a
                                                     const at::Tensor& b, const at::Tensor& sd,
                                                     const c10::optional<at::Tensor>& z, int64_t seed,
                                                     const c10::optional<at::Tensor>& idx, int64_t step, int64_t stream) {
-  check_float_x(x, "x", kCUDA);
-  check_like(score, "score", x);
-  check_coef(a, "a", x);
-  check_coef(b, "b", x);
-  check_coef(sd, "std", x);
-  check_noise(z, idx, step, stream, x);
+  check_affine_step(x, score, a, b, sd, z, idx, step, stream, kCUDA);
   c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty_like(x), mean = at::empty_like(x);
   const int64_t B = x.size(0), E = per_sample(x);
@@ -74,14 +61,7 @@ std::tuple<at::Tensor, at::Tensor> affine_step_cuda(const at::Tensor& x, const a
 
 at::Tensor heun_step_cuda(const at::Tensor& x, const at::Tensor& s1, const at::Tensor& xp, const at::Tensor& s2,
                           const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, const at::Tensor& d) {
-  check_float_x(x, "x", kCUDA);
-  check_like(s1, "score1", x);
-  check_like(xp, "x_pred", x);
-  check_like(s2, "score2", x);
-  check_coef(a, "a", x);
-  check_coef(b, "b", x);
-  check_coef(c, "c", x);
-  check_coef(d, "d", x);
+  check_heun_step(x, s1, xp, s2, a, b, c, d, kCUDA);
   c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::heun_step", [&] {
@@ -97,19 +77,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ddpm_step_cuda(
     const at::Tensor& cxt, const at::Tensor& log_var, const c10::optional<at::Tensor>& v,
     const c10::optional<at::Tensor>& log_var_max, bool clip, const c10::optional<at::Tensor>& z, int64_t seed,
     const c10::optional<at::Tensor>& idx, int64_t step, int64_t stream) {
-  check_float_x(x, "x", kCUDA);
-  check_like(eps, "eps", x);
-  check_coef(sra, "sqrt_recip_abar", x);
-  check_coef(srm1, "sqrt_recipm1_abar", x);
-  check_coef(cx0, "coef_x0", x);
-  check_coef(cxt, "coef_xt", x);
-  check_coef(log_var, "log_var", x);
-  TORCH_CHECK(v.has_value() == log_var_max.has_value(), "diffcore: v and log_var_max go together (learned_range)");
-  if (v.has_value()) {
-    check_like(*v, "v", x);
-    check_coef(*log_var_max, "log_var_max", x);
-  }
-  check_noise(z, idx, step, stream, x);
+  check_ddpm_step(x, eps, sra, srm1, cx0, cxt, log_var, v, log_var_max, z, idx, step, stream, kCUDA);
   c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty_like(x), mean = at::empty_like(x), x0 = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::ddpm_step", [&] {
@@ -127,12 +95,7 @@ std::tuple<at::Tensor, at::Tensor> ddim_step_cuda(const at::Tensor& x, const at:
                                                   const at::Tensor& abar_prev, const at::Tensor& eta, bool clip,
                                                   const c10::optional<at::Tensor>& z, int64_t seed,
                                                   const c10::optional<at::Tensor>& idx, int64_t step, int64_t stream) {
-  check_float_x(x, "x", kCUDA);
-  check_like(eps, "eps", x);
-  check_coef(abar_t, "abar_t", x);
-  check_coef(abar_prev, "abar_prev", x);
-  check_coef(eta, "eta", x);
-  check_noise(z, idx, step, stream, x);
+  check_ddim_step(x, eps, abar_t, abar_prev, eta, z, idx, step, stream, kCUDA);
   c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty_like(x), x0 = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::ddim_step", [&] {
@@ -148,11 +111,7 @@ std::tuple<at::Tensor, at::Tensor> langevin_step_cuda(const at::Tensor& x, const
                                                       const c10::optional<at::Tensor>& z, int64_t seed,
                                                       const c10::optional<at::Tensor>& idx, int64_t step,
                                                       int64_t stream) {
-  check_float_x(x, "x", kCUDA);
-  check_like(score, "score", x);
-  check_coef(alpha, "alpha", x);
-  TORCH_CHECK(snr > 0, "diffcore: snr must be > 0; got ", snr);
-  check_noise(z, idx, step, stream, x);
+  check_langevin_step(x, score, alpha, snr, z, idx, step, stream, kCUDA);
   c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty_like(x), mean = at::empty_like(x);
   auto norms = at::empty({2 * x.size(0)}, x.options().dtype(at::kDouble));
@@ -166,8 +125,7 @@ std::tuple<at::Tensor, at::Tensor> langevin_step_cuda(const at::Tensor& x, const
 }
 
 at::Tensor residual_add_cuda(const at::Tensor& skip, const at::Tensor& h, double scale) {
-  check_float_x(h, "h", kCUDA);
-  check_like(skip, "skip", h);
+  check_residual_add(skip, h, kCUDA);
   c10::cuda::CUDAGuard guard(h.device());
   auto out = at::empty_like(h);
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "diffcore::residual_add", [&] {
@@ -177,30 +135,12 @@ at::Tensor residual_add_cuda(const at::Tensor& skip, const at::Tensor& h, double
   return out;
 }
 
-void check_param(const c10::optional<at::Tensor>& p, const char* name, const at::Tensor& x, at::IntArrayRef shape) {
-  if (!p.has_value()) return;
-  TORCH_CHECK(p->device() == x.device(), "diffcore: ", name, " must be on x's device ", x.device(), "; got ", p->device());
-  TORCH_CHECK(p->scalar_type() == x.scalar_type(), "diffcore: ", name, " must have x's dtype ", x.scalar_type(),
-              "; got ", p->scalar_type());
-  TORCH_CHECK(p->sizes() == shape, "diffcore: ", name, " must have shape ", shape, "; got ", p->sizes());
-  TORCH_CHECK(p->is_contiguous(), "diffcore: ", name, " must be contiguous");
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cuda(const at::Tensor& x, int64_t G,
                                                                     const c10::optional<at::Tensor>& weight,
                                                                     const c10::optional<at::Tensor>& bias, double eps,
                                                                     const c10::optional<at::Tensor>& emb, bool silu) {
-  TORCH_CHECK(x.device().is_cuda(), "diffcore: x must be a CUDA tensor for this implementation; got ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "diffcore: x must be float32 or float64 for the native group_norm_silu; got ", x.scalar_type());
-  TORCH_CHECK(x.dim() >= 2, "diffcore: x must be [N, C, *spatial]; got shape ", x.sizes());
-  TORCH_CHECK(x.is_contiguous(), "diffcore: x must be contiguous (NCHW) on CUDA; got strides ", x.strides());
+  check_group_norm(x, G, weight, bias, eps, emb, kCUDA, /*allow_channels_last=*/false);
   const int64_t N = x.size(0), C = x.size(1);
-  TORCH_CHECK(G >= 1 && C % G == 0, "diffcore: num_groups must be a positive integer dividing C = ", C, "; got ", G);
-  TORCH_CHECK(eps > 0, "diffcore: eps must be > 0; got ", eps);
-  check_param(weight, "weight", x, {C});
-  check_param(bias, "bias", x, {C});
-  check_param(emb, "emb", x, {N, C});
   c10::cuda::CUDAGuard guard(x.device());
   auto y = at::empty_like(x);
   auto mean = at::empty({N, G}, x.options()), rstd = at::empty({N, G}, x.options());
@@ -218,14 +158,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cuda(const at::Te
 std::tuple<at::Tensor, at::Tensor> gmm_pc_cuda(const at::Tensor& x, const at::Tensor& idx, int64_t seed,
                                                const at::Tensor& cf, const at::Tensor& coef, int64_t K,
                                                int64_t corrector_steps, bool predictor, double snr) {
-  check_gmm_state(x, kCUDA);
-  check_components(K);
+  check_gmm_pc(x, idx, cf, coef, K, corrector_steps, snr, kCUDA);
   const int64_t n = x.size(0), D = x.size(1);
-  check_sample_idx(idx, n, x.device());
-  check_table(cf, "cf", x, -1, score_coef_size(K, D));
-  check_table(coef, "coef", x, cf.size(0), 4);
-  TORCH_CHECK(corrector_steps >= 0, "diffcore: corrector_steps must be >= 0; got ", corrector_steps);
-  TORCH_CHECK(snr > 0, "diffcore: snr must be > 0; got ", snr);
   c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty_like(x), mean = at::empty_like(x);
   auto scratch = at::empty({cuda::scratch_rows(static_cast<int>(D), static_cast<int>(K)) * n}, x.options());
@@ -241,15 +175,8 @@ std::tuple<at::Tensor, at::Tensor> gmm_pc_cuda(const at::Tensor& x, const at::Te
 
 at::Tensor gmm_ode_cuda(const at::Tensor& x, const at::Tensor& cf, const at::Tensor& coef, const at::Tensor& h,
                         int64_t K, bool heun) {
-  check_gmm_state(x, kCUDA);
-  check_components(K);
+  const int64_t steps = check_gmm_ode(x, cf, coef, h, K, heun, kCUDA);
   const int64_t n = x.size(0), D = x.size(1);
-  TORCH_CHECK(h.dim() == 2 && h.size(0) == (heun ? 2 : 1), "diffcore: h must have shape [", heun ? 2 : 1,
-              ", steps]; got ", h.sizes());
-  check_table(h, "h", x, heun ? 2 : 1, h.size(1));
-  const int64_t steps = h.size(1);
-  check_table(cf, "cf", x, heun ? 2 * steps : steps, score_coef_size(K, D));
-  check_table(coef, "coef", x, cf.size(0), 2);
   c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty_like(x);
   auto scratch = at::empty({cuda::scratch_rows(static_cast<int>(D), static_cast<int>(K)) * n}, x.options());
@@ -265,20 +192,8 @@ at::Tensor gmm_ode_cuda(const at::Tensor& x, const at::Tensor& cf, const at::Ten
 std::tuple<at::Tensor, at::Tensor> gmm_rk45_cuda(const at::Tensor& x, const at::Tensor& means, const at::Tensor& vars,
                                                  const at::Tensor& logw, int64_t kind, double p0, double p1, double t0,
                                                  double t1, double rtol, double atol, double h0, int64_t max_steps) {
-  check_gmm_state(x, kCUDA);
+  const int64_t K = check_gmm_rk45(x, means, vars, logw, kind, t0, t1, rtol, atol, max_steps, kCUDA);
   const int64_t n = x.size(0), D = x.size(1);
-  TORCH_CHECK(means.dim() == 2, "diffcore: means must have shape [K, D]; got ", means.sizes());
-  const int64_t K = means.size(0);
-  check_components(K);
-  check_table(means, "means", x, K, D);
-  check_table(vars, "vars", x, K, D);
-  TORCH_CHECK(logw.dim() == 1 && logw.size(0) == K, "diffcore: log_weights must have shape [K] = [", K, "]; got ",
-              logw.sizes());
-  check_table(logw.reshape({1, K}), "log_weights", x, 1, K);
-  TORCH_CHECK(kind >= 0 && kind <= 2, "diffcore: sde_kind must be 0 (VE), 1 (VP) or 2 (sub-VP); got ", kind);
-  TORCH_CHECK(rtol > 0 && atol > 0, "diffcore: rtol and atol must be > 0; got ", rtol, ", ", atol);
-  TORCH_CHECK(max_steps >= 1, "diffcore: max_steps must be >= 1; got ", max_steps);
-  TORCH_CHECK(t0 != t1, "diffcore: t0 and t1 must differ");
   c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty_like(x);
   auto nfe = at::empty({n}, x.options().dtype(at::kLong));
