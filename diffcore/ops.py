@@ -38,6 +38,11 @@ _loaded: dict[str, object] = {}
 _warned: set[str] = set()
 
 
+class BackendUnavailable(RuntimeError, ValueError):
+    """An explicitly asked backend cannot run the op here: a RuntimeError (what it always was)
+    and a ValueError (a usage error: the `diffcore` command exits 2 with the message)."""
+
+
 def _backend_module(name: str):
     """The backend's module, or None when it cannot be imported (warned once)."""
     if name not in _loaded:
@@ -77,7 +82,7 @@ def resolve(op: str, device: torch.device, backend: str | None = None, needs_gra
             return "torch"
         if asked != "auto":
             if not _has(asked, op, device):
-                raise RuntimeError(f"backend={asked!r} cannot run {op} on {device.type} here "
+                raise BackendUnavailable(f"backend={asked!r} cannot run {op} on {device.type} here "
                                    f"(not built, not importable, or no such op); use 'torch' or 'auto'")
             if needs_grad and not _has(asked, op, device, True):
                 return "torch"  # that backend has no backward for this op: autograd runs the reference

@@ -219,6 +219,10 @@ CLI_CASES = {
     "sample --out a file": (["sample", "--out", "{file}"], r"--out '.*a-file.txt' exists and is not a directory"),
     "sample --model gmm --method ddim --process vp": (["sample", "--model", "gmm", "--method", "ddim", "--process", "vp", "--out", "{out}"],
                                                        r"method='ddim' needs a DDPM process"),
+    "sample --backend": (["sample", "--backend", "cuda", "--out", "{out}"], r"argument --backend: invalid choice: 'cuda'"),
+    "sample --max-batch 0": (["sample", "--max-batch", "0", "--out", "{out}"], r"argument --batch-size/--max-batch: --batch-size must be >= 1"),
+    "sample --shard-size 0": (["sample", "--shard-size", "0", "--out", "{out}"], r"argument --shard-size: --shard-size must be >= 1"),
+    "sample --seed -1": (["sample", "--model", "gmm", "--method", "ddim", "--seed", "-1", "--n", "4", "--steps", "2", "--out", "{out}"], r"seed must be >= 0; got -1"),
     # train
     "train --family": (["train", "--family", "gan", "--out", "{out}"], r"argument --family: invalid choice: 'gan'"),
     "train --data unknown": (["train", "--data", "mnist", "--out", "{out}"], r"data must be digits, digits:heldout, toy:NAME"),
@@ -281,6 +285,8 @@ CLI_CASES = {
     "likelihood --tol -1": (["likelihood", "--tol", "-1"], r"argument --tol: --tol must be finite and > 0; got -1.0"),
     "likelihood --tol nan": (["likelihood", "--tol", "nan"], r"argument --tol: --tol must be finite and > 0; got nan"),
     "likelihood --seed -1": (["likelihood", "--seed", "-1"], r"argument --seed: --seed must be >= 0"),
+    # bench
+    "bench unknown name": (["bench", "gpu_flops"], r"argument name: invalid choice: 'gpu_flops'"),
     # info and the top level
     "info --bogus": (["info", "--bogus"], r"unrecognized arguments: --bogus"),
     "no subcommand": ([], r"the following arguments are required: command"),
@@ -318,6 +324,17 @@ def test_cli_usage_error_exits_2_with_one_line(npz_files, tmp_path, capsys, case
     assert last.startswith("diffcore"), err
     assert re.search(pattern, last), f"{pattern!r} not in {last!r}"
     assert not out.exists() or not any(out.iterdir()), "a failed command left files behind"
+
+
+def test_cli_backend_that_cannot_run_exits_2(tmp_path, capsys, monkeypatch):
+    """--backend naming a backend that is not built here is a usage error, not a traceback."""
+    from diffcore import ops
+
+    monkeypatch.setitem(ops._loaded, "native", None)   # as if the extension had failed to build
+    rc = main(["sample", "--backend", "native", "--n", "2", "--steps", "2", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert re.search(r"backend='native' cannot run \w+ on cpu here", err.strip().splitlines()[-1]), err
 
 
 def test_cli_value_error_is_one_line(capsys, monkeypatch):
