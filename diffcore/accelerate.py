@@ -502,6 +502,33 @@ class _Walker:
         self._children(m, name)
 
 
+class _PointwiseConv2d(nn.Conv2d):
+    """A 1x1 convolution (stride 1, no padding, one group) as one GEMM over the pixels when its
+    input is channels_last: [B*H*W, Cin] @ W^T, no copies in or out. PyTorch sends these
+    shortcut convolutions to its im2col path (one small GEMM per sample); NCHW input still
+    takes the convolution as before."""
+
+    def forward(self, x):
+        if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last) or x.shape[1] == 1:
+            return super().forward(x)
+        B, C, H, W = x.shape
+        y = nn.functional.linear(x.permute(0, 2, 3, 1).reshape(-1, C), self.weight.view(self.out_channels, C),
+                                 self.bias)
+        return y.view(B, H, W, self.out_channels).permute(0, 3, 1, 2)
+
+
+def _is_pointwise(m) -> bool:
+    return (type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.stride == (1, 1) and m.padding == (0, 0)
+            and m.dilation == (1, 1) and m.groups == 1 and m.padding_mode == "zeros")
+
+
+def _swap_pointwise_convs(module: nn.Module, w) -> None:
+    for name, m in module.named_modules():
+        if _is_pointwise(m):
+            m.__class__ = _PointwiseConv2d
+            w.add(name, m, "fused", "1x1 Conv2d as one GEMM over channels_last pixels")
+
+
 def accelerate(module: nn.Module, report: bool = False, backend: str | None = None):
     """Swap diffcore's fused ops into `module` in place (see the module docstring).
 
@@ -518,4 +545,5 @@ def accelerate(module: nn.Module, report: bool = False, backend: str | None = No
             backend = None
     w = _Walker(backend)
     w.walk(module, "")
+    _swap_pointwise_convs(module, w)
     return (module, w.report) if report else module

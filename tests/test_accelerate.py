@@ -392,7 +392,7 @@ def test_diffcore_unet_is_reported_already_fused():
         before = net(x, t)
     sd = {k: v.clone() for k, v in net.state_dict().items()}
     out, rep = diffcore.accelerate(net, report=True)
-    assert out is net and not rep.swapped()
+    assert out is net and all("1x1 Conv2d" in e.detail for e in rep.swapped())  # only its shortcut convs
     assert any(e.action == "already fused" and "ResBlock" in e.detail for e in rep)
     assert any(e.name == "norm_out" and e.action == "already fused" for e in rep)
     with torch.no_grad():
@@ -437,3 +437,23 @@ def test_unet2d_on_cuda(backend):
     err_plain = (plain.double() - ref).abs().max().item()
     err_fused = (fused.double() - ref).abs().max().item()
     assert err_fused <= 2 * err_plain + 1e-2, (err_fused, err_plain)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_convolutions_become_one_gemm_with_the_same_output(channels_last, bias):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(6, 5, 1, bias=bias), torch.nn.Conv2d(5, 4, 3, padding=1),
+                              torch.nn.Conv2d(4, 3, 1, stride=2))
+    ref = copy.deepcopy(net)
+    keys = list(net.state_dict())
+    net, rep = diffcore.accelerate(net, report=True)
+    assert [e.name for e in rep if "GEMM" in e.detail] == ["0"]  # the 3x3 and the strided 1x1 stay
+    assert list(net.state_dict()) == keys
+    x = torch.randn(3, 6, 7, 5)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y, y_ref = net(x), ref(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    assert net[0](x).is_contiguous(memory_format=torch.channels_last) == channels_last
