@@ -9,6 +9,11 @@
 
 #include "../gmm_checks.h"
 
+// Python's build flags include -fwrapv, which stops GCC from vectorising the lane loops around
+// philox.h's float32 Box-Muller (the integrators then run the noise one lane at a time, about
+// 2x slower overall). Nothing here relies on signed overflow wrapping.
+#pragma GCC optimize("no-wrapv")
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(DIFFCORE_NO_CLONES)
 #define DC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
