@@ -67,8 +67,15 @@ class SDE:
         return -0.5 * d * math.log(2 * math.pi * var) - z.flatten(1).pow(2).sum(1) / (2 * var)
 
     def timestep_index(self, t: torch.Tensor) -> torch.Tensor:
-        """The discrete chain's index for continuous t, as score_sde rounds it."""
-        return (t * (self.N - 1) / self.T).long()
+        """The discrete chain's index for continuous t, as score_sde rounds it. A t outside
+        [0, T] is a ValueError on the CPU (checked there only: on a GPU the check would sync)."""
+        idx = (t * (self.N - 1) / self.T).long()
+        if idx.device.type == "cpu" and idx.numel() and not torch.compiler.is_compiling():
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or hi >= self.N:
+                raise ValueError(f"t must lie in [0, {self.T}] (the discrete chain's {self.N} steps); "
+                                 f"got values in [{float(t.min())}, {float(t.max())}]")
+        return idx
 
     def discretize(self, x: torch.Tensor, t: torch.Tensor):
         """(f, G) of x_{i+1} = x_i + f + G z; Euler-Maruyama unless the SDE has its own chain."""

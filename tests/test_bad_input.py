@@ -280,6 +280,8 @@ ADDED = {
     "VESDE sigma_max NaN": (lambda: diffcore.VESDE(sigma_max=math.nan), r"sigma_max must be finite and > 0; got nan"),
     "VPSDE beta order": (lambda: diffcore.VPSDE(beta_min=5.0, beta_max=1.0), r"need beta_min <= beta_max"),
     "SubVPSDE beta order": (lambda: diffcore.SubVPSDE(beta_min=5.0, beta_max=1.0), r"need beta_min <= beta_max"),
+    "VPSDE.discretize t > T": (lambda: VP.discretize(XS, torch.tensor([2.0, 0.5])), r"t must lie in \[0, 1.0\] \(the discrete chain's 50 steps\); got values in \[0.5, 2.0\]"),
+    "VESDE.discretize t < 0": (lambda: VE.discretize(XS, torch.tensor([-0.5, 0.5])), r"t must lie in \[0, 1.0\]"),
     "VPSDE.with_steps 0": (lambda: VP.with_steps(0), r"N must be >= 1; got 0"),
     "VPSDE.check_eps negative": (lambda: VP.check_eps(-1.0), r"eps must be finite and > 0; got -1.0"),
     "VPSDE.to_ddpm variance": (lambda: VP.to_ddpm("fixed"), r"variance must be one of \['fixed_large', 'fixed_small', 'learned_range'\]"),
