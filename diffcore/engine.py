@@ -134,7 +134,7 @@ class Sampler:
                         per_sample.append(info["nfe_per_sample"])
                 else:
                     x, graphed = self._run_plan(noise, x0, start + lo, bar, lo, hi, t0)
-                    nfe = self.plan.n_steps * self.plan.nfe_per_step
+                    nfe = self.plan.n_steps * self.plan.nfe_per_step + self.plan.final_nfe
                 out[lo:hi] = x
         bar.close()
         if not return_info:

@@ -38,6 +38,7 @@ class Plan:
     """Base: subclasses set self.n_steps and self.nfe_per_step and implement the parts."""
 
     denoise_with_mean = False
+    final_nfe = 0  # model calls in finish() (a final denoising step)
     time_dtype = torch.float32  # continuous times for the model; the engine sets float64 for float64 state
 
     def __init__(self, model, process, shape, backend):
@@ -208,6 +209,7 @@ class ODEPlan(Plan):
         self.grid = torch.linspace(process.T, self.eps, steps + 1, dtype=torch.float64)
         self.solver, self.denoise, self.init_kind = solver, bool(denoise), init
         self.n_steps, self.nfe_per_step = steps, 1 if solver == "euler" else 2
+        self.final_nfe = int(self.denoise)
 
     def init(self, noise, x_init):
         return initial_state(self.process, noise, x_init, self.init_kind)
@@ -271,6 +273,7 @@ class LangevinPlan(Plan):
             self.alpha_of_step = torch.full((steps,), step_size, dtype=torch.float64)
             self.denoise = False
         self.n_steps, self.nfe_per_step = self.alpha_of_step.numel(), 1
+        self.final_nfe = int(self.denoise)
 
     def init(self, noise, x_init):
         return initial_state(self.process, noise, x_init, self.init_kind, self.init_range)

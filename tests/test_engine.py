@@ -61,9 +61,9 @@ CASES = _cases()
 def test_fused_plan_equals_the_reference_sampler_in_float64(name, process, method, steps, opts):
     """On the torch ops, each plan computes the reference's formulas: equal to float64 rounding."""
     args = dict(n=5, shape=(2,), method=method, steps=steps, seed=11, dtype=torch.float64, **opts)
-    ref = reference_sample(GM.model(process), process, **args)
+    ref, ref_info = reference_sample(GM.model(process), process, return_info=True, **args)
     got, info = diffcore.sample(GM.model(process), process, backend="torch", return_info=True, **args)
-    assert info["path"] == "fused"
+    assert info["path"] == "fused" and info["nfe"] == ref_info["nfe"]
     torch.testing.assert_close(got, ref, rtol=1e-11, atol=1e-11)
 
 
