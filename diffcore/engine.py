@@ -31,7 +31,7 @@ from .noise import NoiseSource
 from .precision import PRECISIONS, AutocastModel
 from .progress import Progress
 from .sde import SDE
-from .validation import check_choice, check_finite, check_int
+from .validation import check_choice, check_device, check_finite, check_int
 
 DTYPES = (torch.float32, torch.float64)
 GRAPH_MODES = ("auto", True, False)
@@ -92,7 +92,7 @@ class Sampler:
         self.backend = None if backend == "auto" else backend
         self.precision, self.cuda_graph, self.max_batch = precision, cuda_graph, max_batch
         self.progress, self.check_finite, self.dtype = bool(progress), bool(check_finite), dtype
-        self.device = torch.device(device) if device is not None else None
+        self.device = check_device("device", device) if device is not None else None
         self.model = model if precision == "fp32" else AutocastModel(model, precision)
         from .samplers.common import check_options
         check_options(method, options, METHODS[method][1])

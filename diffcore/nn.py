@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from . import ops
+from .validation import check_int
 
 
 class GroupNormSiLU(nn.Module):
@@ -29,6 +30,8 @@ class GroupNormSiLU(nn.Module):
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
                  silu: bool = True):
         super().__init__()
+        check_int("num_groups", num_groups, lo=1)
+        check_int("num_channels", num_channels, lo=1)
         if num_channels % num_groups:
             raise ValueError(f"num_channels ({num_channels}) must be divisible by num_groups ({num_groups})")
         self.num_groups, self.num_channels, self.eps, self.silu = num_groups, num_channels, eps, silu

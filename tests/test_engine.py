@@ -179,6 +179,7 @@ def test_sampler_object_reuses_its_plan():
     ({"dtype": torch.float64, "precision": "bf16"}, r"dtype must be torch.float32"),
     ({"batch_size": 2, "max_batch": 3}, r"batch_size and max_batch name the same thing"),
     ({"shape": (2, 0)}, r"shape must be a tuple of positive ints"),
+    ({"device": "nosuch"}, r"device must be a torch device"),
 ])
 def test_engine_arguments_are_checked(kw, msg):
     args = dict(n=2, shape=(2,), method="ddim", steps=2)
