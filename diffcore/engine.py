@@ -35,7 +35,10 @@ from .validation import check_choice, check_device, check_finite, check_int
 
 DTYPES = (torch.float32, torch.float64)
 GRAPH_MODES = ("auto", True, False)
-CPU_DEFAULT_MAX_BATCH = 256  # no portable free-memory query on CPU: a batch that keeps convs efficient
+# No portable free-memory query on CPU: chunks of at least 256 samples (enough to keep
+# convolutions efficient) and up to 2^20 state elements, so small samples (2-D toys: 524 288
+# per chunk) pay the per-step Python cost once per step, not once per 256 samples.
+CPU_MIN_CHUNK, CPU_CHUNK_ELEMENTS = 256, 2**20
 _warned_capture = False
 
 
@@ -152,9 +155,14 @@ class Sampler:
     def _chunk_size(self, n, device):
         if self.max_batch is not None:
             return min(n, self.max_batch)
+        if self.plan is None:
+            return n  # the reference samplers take the whole batch, as reference_sample does
         if device.type == "cuda":
             return min(n, self._cuda_budget(n, device))
-        return min(n, CPU_DEFAULT_MAX_BATCH)
+        numel = 1
+        for s in self.shape:
+            numel *= s
+        return min(n, max(CPU_MIN_CHUNK, CPU_CHUNK_ELEMENTS // numel))
 
     def _cuda_budget(self, n, device):
         """Samples per chunk that fit in 80% of free memory, from one probe step at a small batch."""

@@ -30,7 +30,7 @@ def add_parser(sub):
                    help="number of samples (default: 64; gmm: 20000). Under torchrun write --num-samples: "
                         "torchrun reads --n as an abbreviation of its own options")
     s.add_argument("--batch-size", "--max-batch", dest="batch_size", type=positive_int("--batch-size"), default=None,
-                   help="samples per chunk (default: 256 on CPU, from free memory on CUDA); the samples do not depend on it")
+                   help="samples per chunk (default on CPU: at least 256, up to 2^20 values per chunk; on CUDA: from free memory); the samples do not depend on it")
     s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="network precision; sampler state stays fp32 (default: fp32)")
     s.add_argument("--backend", choices=["auto", "torch", "native", "triton"], default="auto",
