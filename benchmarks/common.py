@@ -22,22 +22,44 @@ def machine() -> str:
     return f"CPU: {cpu}, {torch.get_num_threads()} threads"
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _summary(times: list) -> dict:
+    """Median and 20/80% quantiles of wall times in seconds."""
+    times = sorted(times)
+    q = lambda p: times[min(len(times) - 1, int(p * len(times)))]  # noqa: E731
+    return {"median_s": statistics.median(times), "q20_s": q(0.2), "q80_s": q(0.8)}
+
+
+def _timed(fn) -> float:
+    _sync()
+    t0 = time.perf_counter()
+    fn()
+    _sync()
+    return time.perf_counter() - t0
+
+
 def timeit(fn, repeats: int = 5, warmup: int = 1) -> dict:
     """Median and 20/80% quantiles of wall time in seconds."""
     for _ in range(warmup):
         fn()
-    times = []
+    return _summary([_timed(fn) for _ in range(repeats)])
+
+
+def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
+    """name -> {median_s, q20_s, q80_s}: every round runs each contender once, so drifts in
+    machine load fall on all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
     for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    q = lambda p: times[min(len(times) - 1, int(p * len(times)))]  # noqa: E731
-    return {"median_s": statistics.median(times), "q20_s": q(0.2), "q80_s": q(0.8)}
+        for k, fn in fns.items():
+            times[k].append(_timed(fn))
+    return {k: _summary(ts) for k, ts in times.items()}
 
 
 def write_results(name: str, rows: list, ratios: dict) -> str:

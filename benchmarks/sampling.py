@@ -24,12 +24,11 @@ import copy
 import logging
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, write_results  # noqa: E402
+from common import interleaved, print_table, write_results  # noqa: E402
 
 import diffcore  # noqa: E402
 from diffcore import noise as dnoise  # noqa: E402
@@ -121,22 +120,6 @@ def diffusers_loop_with_our_noise(unet, steps, batch, device):
     return x
 
 
-def interleaved(fns, repeats):
-    for fn in fns.values():  # warm-up (and compilation)
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            times[k].append(time.perf_counter() - t0)
-    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="batch 2, 2 steps, 1 repeat, fp32 only (a smoke run)")
@@ -178,7 +161,7 @@ def main():
         if not a.no_compile and prec != "fp16":
             cu = torch.compile(copy.deepcopy(unet), mode="max-autotune" if cuda else None)
             fns["diffusers+compile"] = diffusers_runner(cu, steps, batch, prec, a.device)
-        med = interleaved(fns, repeats)
+        med = {k: v["median_s"] for k, v in interleaved(fns, repeats).items()}
         for k, v in med.items():
             rows.append({"precision": prec, "contender": k, "median_s": round(v, 3),
                          "samples_per_s": round(batch / v, 2)})

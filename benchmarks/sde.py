@@ -22,36 +22,15 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, write_results  # noqa: E402
+from common import interleaved, print_table, write_results  # noqa: E402
 
 import diffcore  # noqa: E402
 from diffcore import ops, schedules, step_coeffs  # noqa: E402
-
-
-def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
-    """name -> {median_s, q20_s, q80_s}: every round runs each contender once."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    out = {}
-    for k, ts in times.items():
-        ts = sorted(ts)
-        q = lambda p: ts[min(len(ts) - 1, int(p * len(ts)))]  # noqa: E731
-        out[k] = {"median_s": statistics.median(ts), "q20_s": q(0.2), "q80_s": q(0.8)}
-    return out
 
 
 def row(case, impl, t, **extra):
