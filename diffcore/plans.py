@@ -21,11 +21,12 @@ from . import noise as _noise
 from . import ops
 from . import parameterization as P
 from . import step_coeffs as C
-from .discrete import DDPM, NCSN, spaced_timesteps
+from .discrete import DDPM, NCSN
 from .samplers import ancestral as _ancestral
+from .samplers import ddim as _ddim
 from .samplers import pc as _pc
 from .samplers.common import initial_state, lowest_noise_time, require
-from .sde import SDE, VESDE, VPSDE
+from .sde import SDE
 from .validation import check_choice, check_int, check_positive
 
 
@@ -93,18 +94,8 @@ class DDIMPlan(Plan):
                  timesteps=None):
         require("ddim", process, DDPM, "a DDPM process")
         super().__init__(model, process, shape, backend)
-        self.eta = check_positive("eta", eta, allow_zero=True)
-        if self.eta > 1:
-            raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM-like); got {eta}")
-        if timesteps is None:
-            steps = check_int("steps", 50 if steps is None else steps, lo=1, hi=process.T)
-            self.ts = spaced_timesteps(process.T, steps, spacing)
-        else:
-            self.ts = torch.as_tensor(timesteps, dtype=torch.int64).flatten()
-            T = process.T
-            if (self.ts.numel() < 1 or (self.ts < 0).any() or (self.ts >= T).any()
-                    or (self.ts.numel() > 1 and not (self.ts[1:] > self.ts[:-1]).all())):
-                raise ValueError(f"timesteps must be strictly increasing integers in [0, {T - 1}]")
+        self.eta = _ddim.check_eta(eta)
+        self.ts = _ddim.schedule(process, steps, spacing, timesteps)
         self.clip = bool(clip_denoised)
         self.n_steps, self.nfe_per_step = self.ts.numel(), 1
 
@@ -135,15 +126,9 @@ class PCPlan(Plan):
 
     def __init__(self, model, process, shape, backend, steps, predictor="reverse_diffusion", corrector="langevin",
                  snr=0.16, corrector_steps=1, denoise=True, eps=None, norm="per_sample", init="prior"):
-        require("pc", process, SDE, "a VESDE, VPSDE or SubVPSDE")
-        check_choice("predictor", predictor, _pc.PREDICTORS)
-        check_choice("corrector", corrector, _pc.CORRECTORS)
-        check_choice("norm", norm, _pc.NORMS)
-        self.snr = check_positive("snr", snr)
-        self.n_corr = check_int("corrector_steps", corrector_steps, lo=0) if corrector != "none" else 0
-        if predictor == "ancestral" and not (isinstance(process, VESDE) or type(process) is VPSDE):
-            raise ValueError(f"predictor='ancestral' needs a VESDE or VPSDE; got {type(process).__name__}")
-        eps = process.check_eps(eps)
+        self.snr, corrector_steps, eps = _pc.check_run_options(process, predictor, corrector, snr, corrector_steps,
+                                                               eps, norm)
+        self.n_corr = corrector_steps if corrector != "none" else 0
         sde = process.with_steps(check_int("steps", steps, lo=1)) if steps is not None else process
         super().__init__(model, sde, shape, backend)
         self.predictor, self.corrector, self.norm, self.init_kind = predictor, corrector, norm, init

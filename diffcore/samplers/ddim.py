@@ -31,18 +31,28 @@ def ddim_step(process: DDPM, eps: torch.Tensor, t: torch.Tensor, t_prev: torch.T
 OPTIONS = ("eta", "clip_denoised", "spacing", "timesteps")
 
 
-def run(model, process, noise, steps, x_init, eta=0.0, clip_denoised=False, spacing="leading", timesteps=None):
-    require("ddim", process, DDPM, "a DDPM process")
+def check_eta(eta) -> float:
     eta = check_positive("eta", eta, allow_zero=True)
     if eta > 1:
         raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM-like); got {eta}")
+    return eta
+
+
+def schedule(process: DDPM, steps, spacing: str, timesteps) -> torch.Tensor:
+    """The increasing timesteps DDIM visits: explicit, or `steps` (default 50) spaced ones."""
     if timesteps is None:
         steps = check_int("steps", 50 if steps is None else steps, lo=1, hi=process.T)
-        ts = spaced_timesteps(process.T, steps, spacing)
-    else:
-        ts = torch.as_tensor(timesteps, dtype=torch.int64).flatten()
-        if ts.numel() < 1 or (ts < 0).any() or (ts >= process.T).any() or (ts.numel() > 1 and not (ts[1:] > ts[:-1]).all()):
-            raise ValueError(f"timesteps must be strictly increasing integers in [0, {process.T - 1}]")
+        return spaced_timesteps(process.T, steps, spacing)
+    ts = torch.as_tensor(timesteps, dtype=torch.int64).flatten()
+    if ts.numel() < 1 or (ts < 0).any() or (ts >= process.T).any() or (ts.numel() > 1 and not (ts[1:] > ts[:-1]).all()):
+        raise ValueError(f"timesteps must be strictly increasing integers in [0, {process.T - 1}]")
+    return ts
+
+
+def run(model, process, noise, steps, x_init, eta=0.0, clip_denoised=False, spacing="leading", timesteps=None):
+    require("ddim", process, DDPM, "a DDPM process")
+    eta = check_eta(eta)
+    ts = schedule(process, steps, spacing, timesteps)
     x = initial_state(process, noise, x_init)
     B = x.shape[0]
     tmap = process.timestep_map.to(x.device)

@@ -88,8 +88,9 @@ def ald_corrector_step(sde: SDE, x, t, score, noise, snr: float):
 OPTIONS = ("predictor", "corrector", "snr", "corrector_steps", "denoise", "eps", "norm", "init", "observation")
 
 
-def run(model, sde, noise, steps, x_init, predictor="reverse_diffusion", corrector="langevin", snr=0.16,
-        corrector_steps=1, denoise=True, eps=None, norm="per_sample", init="prior", observation=None):
+def check_run_options(sde, predictor, corrector, snr, corrector_steps, eps, norm):
+    """PC's option checks (the reference sampler and the engine's plan share them).
+    Returns (snr, corrector_steps, eps) as numbers."""
     require("pc", sde, SDE, "a VESDE, VPSDE or SubVPSDE")
     check_choice("predictor", predictor, PREDICTORS)
     check_choice("corrector", corrector, CORRECTORS)
@@ -98,7 +99,12 @@ def run(model, sde, noise, steps, x_init, predictor="reverse_diffusion", correct
     corrector_steps = check_int("corrector_steps", corrector_steps, lo=0)
     if predictor == "ancestral" and not (isinstance(sde, VESDE) or type(sde) is VPSDE):
         raise ValueError(f"predictor='ancestral' needs a VESDE or VPSDE; got {type(sde).__name__}")
-    eps = sde.check_eps(eps)
+    return snr, corrector_steps, sde.check_eps(eps)
+
+
+def run(model, sde, noise, steps, x_init, predictor="reverse_diffusion", corrector="langevin", snr=0.16,
+        corrector_steps=1, denoise=True, eps=None, norm="per_sample", init="prior", observation=None):
+    snr, corrector_steps, eps = check_run_options(sde, predictor, corrector, snr, corrector_steps, eps, norm)
     if steps is not None:
         sde = sde.with_steps(check_int("steps", steps, lo=1))
     x = initial_state(sde, noise, x_init, init)
