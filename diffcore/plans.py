@@ -25,7 +25,7 @@ from .discrete import DDPM, NCSN
 from .samplers import ancestral as _ancestral
 from .samplers import ddim as _ddim
 from .samplers import pc as _pc
-from .samplers.common import initial_state, lowest_noise_time, require
+from .samplers.common import call_model, initial_state, lowest_noise_time, require
 from .sde import SDE
 from .validation import check_choice, check_int, check_positive
 
@@ -46,10 +46,8 @@ class Plan:
         self.model, self.process, self.shape, self.backend = model, process, tuple(shape), backend
 
     def call(self, x, t):
-        out = self.model(x, t)
-        if not isinstance(out, torch.Tensor):
-            raise ValueError(f"model must return a tensor; got {type(out).__name__}")
-        return out.contiguous()  # a channels_last network hands back NHWC; the ops want x's layout
+        # a channels_last network hands back NHWC; the ops want x's layout
+        return call_model(self.model, x, t).contiguous()
 
     def init(self, noise, x_init):
         return initial_state(self.process, noise, x_init)
