@@ -5,7 +5,8 @@
     vs torchsde.sdeint(method="euler") vs an eager PyTorch loop; each must recover the
     weights within +-0.01;
 (b) one DDPM ancestral step on (256, 3, 32, 32) fp32 with its noise: diffcore.ops.ddpm_step
-    (native, noise drawn in-op) vs diffusers' DDPMScheduler.step;
+    (native, noise drawn in-op, three outputs) and ddpm_step_ (in place: the step the engine's
+    ancestral loop runs) vs diffusers' DDPMScheduler.step;
 (c) GroupNorm(32) + SiLU on (64, 128, 32, 32) fp32: native vs torch.compile of the same
     function vs eager, with GB/s and % of a copy of the same bytes measured in the run.
 
@@ -124,18 +125,32 @@ def ddpm_step(repeats: int, rows: list, ratios: dict) -> None:
     def native():
         return ops.ddpm_step(x, eps, **kw, clip_denoised=True, seed=0, sample_idx=idx, step=500, backend="native")
 
+    state = x.clone()   # the in-place step updates a sampler's state: here the same step, over and over
+
+    def native_inplace():
+        return ops.ddpm_step_(state, eps, **kw, clip_denoised=True, seed=0, sample_idx=idx, step=500,
+                              backend="native")
+
     def diffusers_step():
         return sched.step(eps, 500, x, generator=gen)
 
-    _, mean, x0 = native()
+    x_prev, mean, x0 = native()
+    same = torch.equal(ops.ddpm_step_(x.clone(), eps, **kw, clip_denoised=True, seed=0, sample_idx=idx, step=500,
+                                      backend="native"), x_prev)
     ref = diffusers_step()
     agree = (x0 - ref.pred_original_sample).abs().max().item()
-    t = interleaved({"native": native, "diffusers": diffusers_step}, repeats)
+    t = interleaved({"native": native, "native_inplace": native_inplace, "diffusers": diffusers_step}, repeats)
     case = f"DDPM ancestral step {tuple(shape)} fp32 (+ noise), clip"
-    for k, name in (("native", "diffcore native ddpm_step (in-op Philox noise)"), ("diffusers", "DDPMScheduler.step")):
-        rows.append(row(case, name, t[k], pred_x0_max_diff=f"{agree:.1e}"))
-    print(f"  DDPM step: pred_x0 native vs diffusers max |diff| = {agree:.2e}")
+    names = (("native", "diffcore native ddpm_step (in-op Philox noise; x, mean, pred_x0)"),
+             ("native_inplace", "diffcore native ddpm_step_ (in place, as the engine runs it)"),
+             ("diffusers", "DDPMScheduler.step (prev_sample, pred_original_sample)"))
+    for k, name in names:
+        rows.append(row(case, name, t[k], pred_x0_max_diff=f"{agree:.1e}", inplace_equals_out_of_place=same))
+    print(f"  DDPM step: pred_x0 native vs diffusers max |diff| = {agree:.2e}; in place == out of place: {same}")
+    if not same:
+        raise SystemExit("ddpm_step_ differs from ddpm_step's x_prev")
     ratios["ddpm_step_native_vs_diffusers"] = t["diffusers"]["median_s"] / t["native"]["median_s"]
+    ratios["ddpm_step_inplace_vs_diffusers"] = t["diffusers"]["median_s"] / t["native_inplace"]["median_s"]
 
 
 # ---- (c) GroupNorm + SiLU ---------------------------------------------------------------------

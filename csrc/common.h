@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <c10/util/Optional.h>
 
 #include <cstdlib>
@@ -130,6 +131,17 @@ inline void check_ddpm_step(const at::Tensor& x, const at::Tensor& eps, const at
     check_coef(*log_var_max, "log_var_max", x);
   }
   check_noise(z, idx, step, stream, x);
+}
+
+// ddpm_step_ writes x while reading eps, v and z element by element: each may be x itself but
+// must not overlap it partly.
+inline void check_inplace_ddpm(const at::Tensor& x, const at::Tensor& eps, const c10::optional<at::Tensor>& v,
+                               const c10::optional<at::Tensor>& z) {
+  const std::pair<const at::Tensor*, const char*> ins[] = {
+      {&eps, "eps"}, {v.has_value() ? &*v : nullptr, "v"}, {z.has_value() ? &*z : nullptr, "z"}};
+  for (const auto& [t, name] : ins)
+    TORCH_CHECK(t == nullptr || at::get_overlap_status(x, *t) != at::MemOverlapStatus::Partial, "diffcore: ddpm_step_ ",
+                name, " overlaps x in part (it may be x itself or separate memory)");
 }
 
 inline void check_ddim_step(const at::Tensor& x, const at::Tensor& eps, const at::Tensor& abar_t,

@@ -43,6 +43,10 @@ TORCH_LIBRARY(diffcore, m) {
   m.def("ddpm_step(Tensor x, Tensor eps, Tensor sqrt_recip_abar, Tensor sqrt_recipm1_abar, Tensor coef_x0, "
         "Tensor coef_xt, Tensor log_var, Tensor? v, Tensor? log_var_max, bool clip_denoised, Tensor? z, int seed, "
         "Tensor? sample_idx, int step, int stream) -> (Tensor, Tensor, Tensor)");
+  // The same step in place (x becomes x_prev; no mean or pred_x0): what a sampling loop needs.
+  m.def("ddpm_step_(Tensor(a!) x, Tensor eps, Tensor sqrt_recip_abar, Tensor sqrt_recipm1_abar, Tensor coef_x0, "
+        "Tensor coef_xt, Tensor log_var, Tensor? v, Tensor? log_var_max, bool clip_denoised, Tensor? z, int seed, "
+        "Tensor? sample_idx, int step, int stream) -> Tensor(a!)");
   m.def("ddim_step(Tensor x, Tensor eps, Tensor abar_t, Tensor abar_prev, Tensor eta, bool clip_denoised, "
         "Tensor? z, int seed, Tensor? sample_idx, int step, int stream) -> (Tensor, Tensor)");
   m.def("langevin_step(Tensor x, Tensor score, Tensor alpha, float snr, bool batch_norm, Tensor? z, int seed, "

@@ -209,6 +209,10 @@ def _register_fakes() -> None:
     def _(x, eps, s1, s2, c1, c2, lv, v, lv_max, clip, z, seed, sample_idx, step, stream):
         return torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
 
+    @reg("diffcore::ddpm_step_")
+    def _(x, eps, s1, s2, c1, c2, lv, v, lv_max, clip, z, seed, sample_idx, step, stream):
+        return x
+
     @reg("diffcore::ddim_step")
     def _(x, eps, abar_t, abar_prev, eta, clip, z, seed, sample_idx, step, stream):
         return torch.empty_like(x), torch.empty_like(x)
@@ -342,6 +346,20 @@ def ddpm_step(x, eps, sqrt_recip_abar, sqrt_recipm1_abar, coef_x0, coef_xt, log_
     return _restore(out, x)
 
 
+def ddpm_step_(x, eps, sqrt_recip_abar, sqrt_recipm1_abar, coef_x0, coef_xt, log_var, z, noise_address=None,
+               clip_denoised=False, v=None, log_var_max=None):
+    """In place; an x the extension cannot write directly (another dtype or layout) is updated
+    by copying ddpm_step's result into it."""
+    if not (_native_ok(x) and x.is_contiguous()):
+        out = ddpm_step(x, eps, sqrt_recip_abar, sqrt_recipm1_abar, coef_x0, coef_xt, log_var, z, noise_address,
+                        clip_denoised, v, log_var_max)
+        return x.copy_(out[0])
+    co = [_coef(c, x) for c in (sqrt_recip_abar, sqrt_recipm1_abar, coef_x0, coef_xt, log_var)]
+    return _C.ddpm_step_(x, _like(eps, x), *co, None if v is None else _like(v, x),
+                         None if log_var_max is None else _coef(log_var_max, x), bool(clip_denoised),
+                         *_noise_args(z, noise_address, x))
+
+
 def ddim_step(x, eps, abar_t, abar_prev, eta, z, noise_address=None, clip_denoised=False):
     if not _native_ok(x):
         return _ops.ddim_step_reference(x, eps, abar_t, abar_prev, eta, _ref_z(z, noise_address, x), clip_denoised)
@@ -390,6 +408,9 @@ IMPLS = {
     "ddim_step": ddim_step,
     "langevin_step": langevin_step,
 }
+
+# In-place ops (diffcore.ops.ddpm_step_); backends without an entry copy the out-of-place result.
+INPLACE = {"ddpm_step_": ddpm_step_}
 
 
 def normal(seed: int, sample_idx: torch.Tensor, step: int, shape, stream: int = 0) -> torch.Tensor:

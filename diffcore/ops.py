@@ -347,11 +347,8 @@ def heun_step(x, score1, x_pred, score2, a, b, c, d, *, backend=None):
     return _impl("heun_step", x.device, backend, x, score1, x_pred, score2)(x, score1, x_pred, score2, *co)
 
 
-def ddpm_step(x, eps, sqrt_recip_abar, sqrt_recipm1_abar, coef_x0, coef_xt, log_var, *,
-              clip_denoised=False, v=None, log_var_max=None,
-              noise=None, seed=None, sample_idx=None, step=0, stream=0, backend=None):
-    """DDPM ancestral step with fixed (log_var [B]) or learned-range (v like x, log_var and
-    log_var_max [B]) variance; see ddpm_step_reference. Returns (x_prev, mean, pred_x0)."""
+def _ddpm_args(x, eps, sqrt_recip_abar, sqrt_recipm1_abar, coef_x0, coef_xt, log_var, v, log_var_max):
+    """ddpm_step's checked arguments: (coefficient list, log_var_max)."""
     _tensor("x", x, min_dim=1)
     _same("eps", eps, x)
     co = [_per_sample(n, c, x) for n, c in (("sqrt_recip_abar", sqrt_recip_abar),
@@ -362,9 +359,38 @@ def ddpm_step(x, eps, sqrt_recip_abar, sqrt_recipm1_abar, coef_x0, coef_xt, log_
         if log_var_max is None:
             raise ValueError("v (learned_range) needs log_var_max: the per-sample log beta_t")
         log_var_max = _per_sample("log_var_max", log_var_max, x)
+    return co, log_var_max
+
+
+def ddpm_step(x, eps, sqrt_recip_abar, sqrt_recipm1_abar, coef_x0, coef_xt, log_var, *,
+              clip_denoised=False, v=None, log_var_max=None,
+              noise=None, seed=None, sample_idx=None, step=0, stream=0, backend=None):
+    """DDPM ancestral step with fixed (log_var [B]) or learned-range (v like x, log_var and
+    log_var_max [B]) variance; see ddpm_step_reference. Returns (x_prev, mean, pred_x0)."""
+    co, log_var_max = _ddpm_args(x, eps, sqrt_recip_abar, sqrt_recipm1_abar, coef_x0, coef_xt, log_var, v,
+                                 log_var_max)
     name, z, addr = _step_noise("ddpm_step", x, noise, seed, sample_idx, step, stream, backend, eps, v)
     return _call_step("ddpm_step", name, (x, eps, *co), z, addr, clip_denoised=bool(clip_denoised),
                       v=v, log_var_max=log_var_max)
+
+
+def ddpm_step_(x, eps, sqrt_recip_abar, sqrt_recipm1_abar, coef_x0, coef_xt, log_var, *,
+               clip_denoised=False, v=None, log_var_max=None,
+               noise=None, seed=None, sample_idx=None, step=0, stream=0, backend=None):
+    """ddpm_step in place: x becomes x_prev (the same numbers as ddpm_step's first output) and is
+    returned; no mean or pred_x0 is written. This is the step a sampling loop runs: on the native
+    backend it streams x and eps only, against five arrays out of place. Not differentiable."""
+    co, log_var_max = _ddpm_args(x, eps, sqrt_recip_abar, sqrt_recipm1_abar, coef_x0, coef_xt, log_var, v,
+                                 log_var_max)
+    if _needs_grad(x, eps, v):
+        raise ValueError("ddpm_step_ updates x in place and is not differentiable; use ddpm_step for gradients "
+                         "(or run under torch.no_grad())")
+    name, z, addr = _step_noise("ddpm_step", x, noise, seed, sample_idx, step, stream, backend, eps, v)
+    kw = dict(clip_denoised=bool(clip_denoised), v=v, log_var_max=log_var_max)
+    impl = None if name == "torch" else getattr(_loaded[name], "INPLACE", {}).get("ddpm_step_")
+    if impl is None:
+        return x.copy_(_call_step("ddpm_step", name, (x, eps, *co), z, addr, **kw)[0])
+    return impl(x, eps, *co, z, noise_address=addr, **kw)
 
 
 def ddim_step(x, eps, abar_t, abar_prev, eta, *, clip_denoised=False,

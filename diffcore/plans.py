@@ -60,7 +60,7 @@ class Plan:
 
 
 class AncestralPlan(Plan):
-    """DDPM ancestral sampling (three variances, clipping, respacing) with ops.ddpm_step."""
+    """DDPM ancestral sampling (three variances, clipping, respacing) with ops.ddpm_step_."""
 
     def __init__(self, model, process, shape, backend, steps, clip_denoised=False, spacing="leading", timesteps=None):
         require("ancestral", process, DDPM, "a DDPM process")
@@ -82,9 +82,11 @@ class AncestralPlan(Plan):
     def step(self, x, inp, noises):
         eps, v = self.chain.split_output(self.call(x, inp["t"]), x)
         kw = {k: inp[k] for k in ("sqrt_recip_abar", "sqrt_recipm1_abar", "coef_x0", "coef_xt", "log_var")}
-        x_prev, mean, _ = ops.ddpm_step(x, eps, **kw, clip_denoised=self.clip, v=v,
-                                        log_var_max=inp.get("log_var_max"), backend=self.backend, **noises[0])
-        return x_prev, mean
+        # in place: the engine owns x (initial_state clones x_init), and ancestral sampling
+        # returns x itself, never the mean, so the step streams two arrays instead of five
+        x = ops.ddpm_step_(x, eps, **kw, clip_denoised=self.clip, v=v, log_var_max=inp.get("log_var_max"),
+                           backend=self.backend, **noises[0])
+        return x, x
 
 
 class DDIMPlan(Plan):

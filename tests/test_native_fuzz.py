@@ -158,9 +158,13 @@ def test_fuzz_ddpm_step(case, learned, clip):
     lvmax = m(case["cf"](-3, 0)) if learned else None
     nargs, z = noise_of(case, x)
     ok, out = call_or_clean_error(C.ddpm_step, x, eps, *cs, v, lvmax, clip, *nargs)
+    y = x.clone()
+    ok_inplace, _ = call_or_clean_error(C.ddpm_step_, y, eps, *cs, v, lvmax, clip, *nargs)
+    assert ok_inplace == ok   # the in-place op takes exactly the inputs the out-of-place one does
     if ok and all_cpu(x, eps, v, lvmax, *cs, *nargs) and z is not None:
         assert valid([eps, v, nargs[0]], x, cs + [lvmax])
         check_outputs(out, ops.ddpm_step_reference(x, eps, *cs, z, clip, v, lvmax), x, case["in_op"])
+        assert torch.equal(y, out[0])
 
 
 @given(step_case(), st.booleans())

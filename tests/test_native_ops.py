@@ -101,6 +101,67 @@ def test_ddpm_step(device, dtype, atol, rtol, variance, clip):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("variance", ["fixed_small", "learned_range"])
+@pytest.mark.parametrize("in_op", [False, True], ids=["z", "in_op_noise"])
+@pytest.mark.parametrize("shape", [(5, 3, 7, 5), (1, 13), (3, 1031)])
+def test_ddpm_step_inplace_equals_out_of_place_bitwise(device, dtype, variance, in_op, shape):
+    """ddpm_step_ (the engine's step) writes ddpm_step's x_prev into x, bit for bit, and returns x."""
+    dev = need(device)
+    proc = diffcore.DDPM(diffcore.schedules.linear_betas(50), variance=variance)
+    B = shape[0]
+    x, eps, z = (rand(*shape, dtype=dtype, seed=10 + i, device=dev) for i in range(3))
+    t = torch.tensor([0, 1, 17, 49, 3][:B] if B <= 5 else list(range(B)), device=dev)
+    kw = step_coeffs.ddpm(proc, t)
+    v = rand(*shape, dtype=dtype, seed=15, device=dev).clamp(-1, 1) if variance == "learned_range" else None
+    noise = dict(seed=2**40 + 3, sample_idx=torch.arange(7, 7 + B, device=dev), step=21) if in_op else dict(noise=z)
+    for clip in (False, True):
+        want = ops.ddpm_step(x, eps, **kw, clip_denoised=clip, v=v, backend="native", **noise)[0]
+        y = x.clone()
+        got = ops.ddpm_step_(y, eps, **kw, clip_denoised=clip, v=v, backend="native", **noise)
+        assert got is y or got.data_ptr() == y.data_ptr()
+        assert torch.equal(y, want)
+        if not in_op:
+            ref = ops.ddpm_step_reference(x, eps, *[kw[k] for k in ("sqrt_recip_abar", "sqrt_recipm1_abar", "coef_x0",
+                                                                      "coef_xt", "log_var")], z, clip, v,
+                                          kw.get("log_var_max"))[0]
+            tol = dict(atol=1e-12, rtol=1e-12) if dtype == torch.float64 else dict(atol=2e-6, rtol=2e-6)
+            torch.testing.assert_close(y, ref, **tol)
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_ddpm_step_inplace_on_every_layout_and_dtype(backend):
+    """Inputs the extension does not write directly (channels_last, float16, eps being x itself)
+    still get ddpm_step's numbers in place."""
+    proc = diffcore.DDPM(diffcore.schedules.linear_betas(30))
+    kw = step_coeffs.ddpm(proc, torch.tensor([3, 29, 0]))
+    noise = dict(seed=5, sample_idx=torch.tensor([4, 0, 9]), step=2)
+    base = rand(3, 4, 5, 6, dtype=torch.float32, seed=1)
+    cases = {"channels_last": (base.contiguous(memory_format=torch.channels_last), rand(3, 4, 5, 6, seed=2).float()),
+             "float16": (base.half(), rand(3, 4, 5, 6, seed=2).half()),
+             "eps_is_x": (base, None)}
+    for name, (x, eps) in cases.items():
+        eps = x if eps is None else eps
+        want = ops.ddpm_step(x, eps, **kw, clip_denoised=True, backend=backend, **noise)[0]
+        y = x.clone()
+        got = ops.ddpm_step_(y, y if eps is x else eps, **kw, clip_denoised=True, backend=backend, **noise)
+        assert got.data_ptr() == y.data_ptr() and got.stride() == x.stride(), name
+        assert torch.equal(y, want), name
+
+
+def test_ddpm_step_inplace_refuses_gradients_and_partial_overlap():
+    proc = diffcore.DDPM(diffcore.schedules.linear_betas(10))
+    kw = step_coeffs.ddpm(proc, torch.tensor([3, 5]))
+    x = rand(2, 8, dtype=torch.float32, seed=0).requires_grad_()
+    with pytest.raises(ValueError, match="ddpm_step_.*not differentiable"):
+        ops.ddpm_step_(x, torch.zeros(2, 8), **kw, noise=torch.zeros(2, 8))
+    buf = rand(2 * 8 + 1, dtype=torch.float32, seed=1)
+    x, eps = buf[:16].view(2, 8), buf[1:].view(2, 8)   # eps is x shifted by one element
+    with pytest.raises(RuntimeError, match="eps overlaps x in part"):
+        ops.ddpm_step_(x, eps, **kw, noise=torch.zeros(2, 8), backend="native")
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype, atol, rtol", TOLS)
 @pytest.mark.parametrize("eta", [0.0, 0.7])
 def test_ddim_step(device, dtype, atol, rtol, eta):

@@ -234,20 +234,21 @@ at::Tensor heun_step_cpu(const at::Tensor& x, const at::Tensor& s1, const at::Te
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ddpm_step_cpu(
-    const at::Tensor& x, const at::Tensor& eps, const at::Tensor& sra, const at::Tensor& srm1, const at::Tensor& cx0,
-    const at::Tensor& cxt, const at::Tensor& log_var, const c10::optional<at::Tensor>& v,
-    const c10::optional<at::Tensor>& log_var_max, bool clip, const c10::optional<at::Tensor>& z, int64_t seed,
-    const c10::optional<at::Tensor>& idx, int64_t step, int64_t stream) {
-  check_ddpm_step(x, eps, sra, srm1, cx0, cxt, log_var, v, log_var_max, z, idx, step, stream, c10::DeviceType::CPU);
-  auto out = pooled_empty_like(x), mean = pooled_empty_like(x), px0 = pooled_empty_like(x);
+// One DDPM step into `out` (which may be x itself); mean and px0 are written when given.
+// In place with neither (ddpm_step_) the step streams two arrays instead of five: x and eps
+// then stay in cache across the sampling loop, which is most of the step's time besides noise.
+void ddpm_step_into(const at::Tensor& x, const at::Tensor& eps, const at::Tensor& sra, const at::Tensor& srm1,
+                    const at::Tensor& cx0, const at::Tensor& cxt, const at::Tensor& log_var,
+                    const c10::optional<at::Tensor>& v, const c10::optional<at::Tensor>& log_var_max, bool clip,
+                    const Noise& nz, const at::Tensor& out, const at::Tensor* mean, const at::Tensor* px0) {
   const int64_t B = x.size(0), E = per_sample(x);
-  Noise nz = make_noise(z, idx, seed, step, stream);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::ddpm_step", [&] {
     using T = scalar_t;
     const T *xp = x.data_ptr<T>(), *ep = eps.data_ptr<T>();
     const T* vp = v.has_value() ? v->data_ptr<T>() : nullptr;
-    T *op = out.data_ptr<T>(), *mp = mean.data_ptr<T>(), *x0p = px0.data_ptr<T>();
+    T* op = out.data_ptr<T>();
+    T* mp = mean ? mean->data_ptr<T>() : nullptr;
+    T* x0p = px0 ? px0->data_ptr<T>() : nullptr;
     for_chunks<T>(B, E, &nz, [&](int64_t s, int64_t e0, int64_t n, const T* zp) {
       const T c1 = coef<T>(sra, s), c2 = coef<T>(srm1, s), c3 = coef<T>(cx0, s), c4 = coef<T>(cxt, s);
       const T lv = coef<T>(log_var, s);
@@ -260,24 +261,56 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ddpm_step_cpu(
           const T m = c3 * x0 + c4 * xp[o + i];
           const T frac = (vp[o + i] + T(1)) / T(2);
           const T l = frac * lvmax + (T(1) - frac) * lv;
-          x0p[o + i] = x0;
-          mp[o + i] = m;
+          if (x0p) x0p[o + i] = x0;
+          if (mp) mp[o + i] = m;
           op[o + i] = m + std::exp(T(0.5) * l) * zp[i];
         }
         return;
       }
       const T sd = std::exp(T(0.5) * lv);
-      DC_SIMD for (int64_t i = 0; i < n; ++i) {
+      if (mp && x0p) {
+        DC_SIMD for (int64_t i = 0; i < n; ++i) {
+          T x0 = c1 * xp[o + i] - c2 * ep[o + i];
+          if (clip) x0 = x0 < T(-1) ? T(-1) : (x0 > T(1) ? T(1) : x0);
+          const T m = c3 * x0 + c4 * xp[o + i];
+          x0p[o + i] = x0;
+          mp[o + i] = m;
+          op[o + i] = m + sd * zp[i];
+        }
+        return;
+      }
+      DC_SIMD for (int64_t i = 0; i < n; ++i) {   // out may be x: element i is read before it is written
         T x0 = c1 * xp[o + i] - c2 * ep[o + i];
         if (clip) x0 = x0 < T(-1) ? T(-1) : (x0 > T(1) ? T(1) : x0);
-        const T m = c3 * x0 + c4 * xp[o + i];
-        x0p[o + i] = x0;
-        mp[o + i] = m;
-        op[o + i] = m + sd * zp[i];
+        op[o + i] = c3 * x0 + c4 * xp[o + i] + sd * zp[i];
       }
     }, {xp, ep, vp, op, mp, x0p});
   });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ddpm_step_cpu(
+    const at::Tensor& x, const at::Tensor& eps, const at::Tensor& sra, const at::Tensor& srm1, const at::Tensor& cx0,
+    const at::Tensor& cxt, const at::Tensor& log_var, const c10::optional<at::Tensor>& v,
+    const c10::optional<at::Tensor>& log_var_max, bool clip, const c10::optional<at::Tensor>& z, int64_t seed,
+    const c10::optional<at::Tensor>& idx, int64_t step, int64_t stream) {
+  check_ddpm_step(x, eps, sra, srm1, cx0, cxt, log_var, v, log_var_max, z, idx, step, stream, c10::DeviceType::CPU);
+  auto out = pooled_empty_like(x), mean = pooled_empty_like(x), px0 = pooled_empty_like(x);
+  ddpm_step_into(x, eps, sra, srm1, cx0, cxt, log_var, v, log_var_max, clip, make_noise(z, idx, seed, step, stream), out,
+                 &mean, &px0);
   return {out, mean, px0};
+}
+
+at::Tensor ddpm_step_inplace_cpu(const at::Tensor& x, const at::Tensor& eps, const at::Tensor& sra,
+                                 const at::Tensor& srm1, const at::Tensor& cx0, const at::Tensor& cxt,
+                                 const at::Tensor& log_var, const c10::optional<at::Tensor>& v,
+                                 const c10::optional<at::Tensor>& log_var_max, bool clip,
+                                 const c10::optional<at::Tensor>& z, int64_t seed, const c10::optional<at::Tensor>& idx,
+                                 int64_t step, int64_t stream) {
+  check_ddpm_step(x, eps, sra, srm1, cx0, cxt, log_var, v, log_var_max, z, idx, step, stream, c10::DeviceType::CPU);
+  check_inplace_ddpm(x, eps, v, z);
+  ddpm_step_into(x, eps, sra, srm1, cx0, cxt, log_var, v, log_var_max, clip, make_noise(z, idx, seed, step, stream), x,
+                 nullptr, nullptr);
+  return x;
 }
 
 std::tuple<at::Tensor, at::Tensor> ddim_step_cpu(const at::Tensor& x, const at::Tensor& eps, const at::Tensor& abar_t,
@@ -397,6 +430,7 @@ TORCH_LIBRARY_IMPL(diffcore, CPU, m) {
   m.impl("affine_step", &affine_step_cpu);
   m.impl("heun_step", &heun_step_cpu);
   m.impl("ddpm_step", &ddpm_step_cpu);
+  m.impl("ddpm_step_", &ddpm_step_inplace_cpu);
   m.impl("ddim_step", &ddim_step_cpu);
   m.impl("langevin_step", &langevin_step_cpu);
   m.impl("residual_add", &residual_add_cpu);

@@ -105,8 +105,8 @@ struct DdpmF {
       const T frac = (v[i] + T(1)) / T(2);
       l = frac * static_cast<T>(lvmax[bi]) + (T(1) - frac) * l;
     }
-    x0[i] = p;
-    mean[i] = m;
+    if (x0) x0[i] = p;        // null in place (ddpm_step_), where out is x
+    if (mean) mean[i] = m;
     out[i] = m + exp(T(0.5) * l) * z;
   }
 };

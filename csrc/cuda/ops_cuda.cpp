@@ -91,6 +91,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ddpm_step_cuda(
   return {out, mean, x0};
 }
 
+at::Tensor ddpm_step_inplace_cuda(const at::Tensor& x, const at::Tensor& eps, const at::Tensor& sra,
+                                  const at::Tensor& srm1, const at::Tensor& cx0, const at::Tensor& cxt,
+                                  const at::Tensor& log_var, const c10::optional<at::Tensor>& v,
+                                  const c10::optional<at::Tensor>& log_var_max, bool clip,
+                                  const c10::optional<at::Tensor>& z, int64_t seed,
+                                  const c10::optional<at::Tensor>& idx, int64_t step, int64_t stream) {
+  check_ddpm_step(x, eps, sra, srm1, cx0, cxt, log_var, v, log_var_max, z, idx, step, stream, kCUDA);
+  check_inplace_ddpm(x, eps, v, z);
+  c10::cuda::CUDAGuard guard(x.device());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::ddpm_step_", [&] {
+    cuda::ddpm_step<scalar_t>(x.data_ptr<scalar_t>(), eps.data_ptr<scalar_t>(), cp(sra), cp(srm1), cp(cx0), cp(cxt),
+                              cp(log_var), v.has_value() ? v->data_ptr<scalar_t>() : nullptr,
+                              log_var_max.has_value() ? cp(*log_var_max) : nullptr, clip,
+                              noise_args(z, idx, seed, step, stream), x.data_ptr<scalar_t>(), nullptr, nullptr,
+                              x.size(0), per_sample(x), stream_of(x));
+  });
+  return x;
+}
+
 std::tuple<at::Tensor, at::Tensor> ddim_step_cuda(const at::Tensor& x, const at::Tensor& eps, const at::Tensor& abar_t,
                                                   const at::Tensor& abar_prev, const at::Tensor& eta, bool clip,
                                                   const c10::optional<at::Tensor>& z, int64_t seed,
@@ -215,6 +234,7 @@ TORCH_LIBRARY_IMPL(diffcore, CUDA, m) {
   m.impl("affine_step", &affine_step_cuda);
   m.impl("heun_step", &heun_step_cuda);
   m.impl("ddpm_step", &ddpm_step_cuda);
+  m.impl("ddpm_step_", &ddpm_step_inplace_cuda);
   m.impl("ddim_step", &ddim_step_cuda);
   m.impl("langevin_step", &langevin_step_cuda);
   m.impl("residual_add", &residual_add_cuda);
