@@ -193,7 +193,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cpu(const at::Ten
                                                                    const c10::optional<at::Tensor>& emb, bool silu) {
   const bool cl = check_group_norm(x, G, weight, bias, eps, emb, c10::DeviceType::CPU, /*allow_channels_last=*/true);
   const int64_t N = x.size(0), C = x.size(1);
-  const int64_t HW = N * C ? x.numel() / (N * C) : 0;
+  const int64_t HW = (N > 0 && C > 0) ? x.numel() / (N * C) : 0;
   const int64_t Cg = C / G;
   auto y = pooled_empty_like(x);
   auto stat_opts = x.options();
