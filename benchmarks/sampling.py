@@ -31,8 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import interleaved, print_table, write_results  # noqa: E402
 
 import diffcore  # noqa: E402
-from diffcore import noise as dnoise  # noqa: E402
-from diffcore.interop import DiffusersUNet, ddpm_from_diffusers, sample_options  # noqa: E402
+from diffcore.interop import DiffusersUNet, ddpm_from_diffusers, diffusers_ddpm_loop, sample_options  # noqa: E402
 
 SHAPE = (3, 32, 32)
 
@@ -96,30 +95,6 @@ class _HalfIO(torch.nn.Module):
         return self.model(x.half(), t).float()
 
 
-def diffusers_loop_with_our_noise(unet, steps, batch, device):
-    """diffusers' DDPMPipeline loop with diffcore's noise for x_T and every step."""
-    from diffusers.schedulers import scheduling_ddpm
-    s = scheduler()
-    src = dnoise.NoiseSource(0, torch.arange(batch, device=device), SHAPE)
-    k = {"step": 0}
-    original = scheduling_ddpm.randn_tensor
-
-    def our_noise(shape, generator=None, device=None, dtype=None, **kw):
-        return src.normal(k["step"]).to(dtype)
-
-    scheduling_ddpm.randn_tensor = our_noise
-    try:
-        s.set_timesteps(steps)
-        x = src.normal(0, dnoise.STREAM_INIT)
-        with torch.no_grad():
-            for t in s.timesteps:
-                x = s.step(unet(x, t).sample, t, x).prev_sample
-                k["step"] += 1
-    finally:
-        scheduling_ddpm.randn_tensor = original
-    return x
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="batch 2, 2 steps, 1 repeat, fp32 only (a smoke run)")
@@ -150,7 +125,7 @@ def main():
 
     # equality first: fp32 diffcore vs diffusers' loop with the same noise
     ours = diffcore_runner(unet, steps, batch, "fp32", a.device)()
-    ref = diffusers_loop_with_our_noise(unet, steps, batch, a.device)
+    ref = diffusers_ddpm_loop(unet, scheduler(), steps, seed=0, n=batch, shape=SHAPE, device=a.device)
     max_diff = (ours - ref).abs().max().item()
     print(f"fp32 samples: max |diffcore - diffusers loop with the same noise| = {max_diff:.2e}")
 

@@ -257,9 +257,10 @@ def _project(lin, x):
     oneDNN's matmul (the library PyTorch's CPU convolutions use) instead of the default BLAS
     GEMM: on the CIFAR U-Net's [4096, 256] x [256, 256] projections that measured 4.0 ms
     against 6.2 ms (2 threads, AMD EPYC, torch 2.13). Same sums up to rounding order.
-    Training, torch.compile, other devices and dtypes, subclasses and hooked modules call the module."""
+    Training, torch.compile, jit tracing, other devices and dtypes, subclasses and hooked modules call the module."""
     if (_ONEDNN_LINEAR and type(lin) is nn.Linear and not lin._forward_hooks and not lin._forward_pre_hooks
             and not torch.compiler.is_compiling()   # Inductor lowers this op only for frozen weights
+            and not torch.jit.is_tracing()          # nor can TorchScript trace its empty scalar list
             and x.device.type == "cpu" and x.dtype == lin.weight.dtype == torch.float32
             and not (torch.is_grad_enabled() and (x.requires_grad or lin.weight.requires_grad))):
         return torch.ops.mkldnn._linear_pointwise(x, lin.weight, lin.bias, "none", [], "")

@@ -18,10 +18,11 @@ import math
 import torch
 from torch import nn
 
+from . import noise as _noise
 from . import parameterization as P
 from .discrete import DDPM
 
-__all__ = ["DiffusersUNet", "ddpm_from_diffusers", "diffusers_betas", "sample_options"]
+__all__ = ["DiffusersUNet", "ddpm_from_diffusers", "diffusers_betas", "sample_options", "diffusers_ddpm_loop"]
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 # diffusers variance_type -> diffcore DDPM variance. fixed_small_log draws with
@@ -193,3 +194,35 @@ def sample_options(scheduler_or_config) -> dict:
         raise ValueError(f"steps_offset={cfg.get('steps_offset')} with timestep_spacing='leading' is not "
                          f"supported; pass timesteps= explicitly")
     return {"clip_denoised": bool(cfg.get("clip_sample", True)), "spacing": _SPACINGS[spacing]}
+
+
+def diffusers_ddpm_loop(unet, scheduler, steps: int, *, seed: int, n: int, shape, dtype=torch.float32,
+                        x_T: torch.Tensor | None = None, device=None) -> torch.Tensor:
+    """diffusers' own DDPMPipeline loop (set_timesteps, unet(x, t).sample, scheduler.step) fed
+    diffcore's noise: x_T and step k's variance noise are the numbers diffcore.sample(...,
+    seed=seed) draws for the same n samples, so the two loops can be compared sample for
+    sample (x_T overrides the start). For parity checks, not speed: for the duration of the
+    call it replaces randn_tensor in diffusers' DDPM scheduler module."""
+    from diffusers.schedulers import scheduling_ddpm
+    shape = tuple(shape)
+    src = _noise.NoiseSource(seed, torch.arange(n, device=device), shape, dtype=dtype)
+    step = 0
+
+    def our_noise(noise_shape, generator=None, device=None, dtype=None, **kw):
+        if tuple(noise_shape) != (n, *shape):
+            raise ValueError(f"the scheduler asked for noise of shape {tuple(noise_shape)}; this loop draws "
+                             f"[n, *shape] = {(n, *shape)}")
+        return src.normal(step).to(dtype)
+
+    original = scheduling_ddpm.randn_tensor
+    scheduling_ddpm.randn_tensor = our_noise
+    try:
+        scheduler.set_timesteps(steps)
+        x = src.normal(0, _noise.STREAM_INIT) if x_T is None else x_T
+        with torch.no_grad():
+            for t in scheduler.timesteps:
+                x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+                step += 1
+    finally:
+        scheduling_ddpm.randn_tensor = original
+    return x

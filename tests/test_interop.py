@@ -20,10 +20,10 @@ diffusers = pytest.importorskip("diffusers")
 
 import diffcore  # noqa: E402
 from diffcore import noise as dnoise  # noqa: E402
-from diffcore.interop import DiffusersUNet, ddpm_from_diffusers, diffusers_betas, sample_options  # noqa: E402
+from diffcore.interop import (DiffusersUNet, ddpm_from_diffusers, diffusers_betas, diffusers_ddpm_loop,  # noqa: E402
+                              sample_options)
 
 logging.getLogger("diffusers").setLevel(logging.ERROR)
-ddpm_module = pytest.importorskip("diffusers.schedulers.scheduling_ddpm")
 
 N, SHAPE, SEED = 4, (3, 8, 8), 11
 
@@ -53,24 +53,9 @@ def promote(s):
     return s
 
 
-def diffusers_loop(unet, scheduler, steps, x_T, monkeypatch):
-    """The DDPMPipeline loop; step k's variance noise is diffcore's noise of step k."""
-    src = dnoise.NoiseSource(SEED, torch.arange(N), SHAPE, dtype=x_T.dtype)
-    k = {"step": 0}
-
-    def our_noise(shape, generator=None, device=None, dtype=None, **kw):
-        assert tuple(shape) == (N, *SHAPE)
-        return src.normal(k["step"]).to(dtype)
-
-    monkeypatch.setattr(ddpm_module, "randn_tensor", our_noise)
-    scheduler.set_timesteps(steps)
-    x = x_T
-    with torch.no_grad():
-        for t in scheduler.timesteps:
-            out = unet(x, t).sample
-            x = scheduler.step(out, t, x).prev_sample
-            k["step"] += 1
-    return x
+def diffusers_loop(unet, scheduler, steps, x_T):
+    """The DDPMPipeline loop from x_T; step k's variance noise is diffcore's noise of step k."""
+    return diffusers_ddpm_loop(unet, scheduler, steps, seed=SEED, n=N, shape=SHAPE, dtype=x_T.dtype, x_T=x_T)
 
 
 def x_T(dtype):
@@ -87,42 +72,42 @@ def ours(unet, scheduler, steps, dtype, prediction_type="epsilon"):
 
 @pytest.mark.parametrize("clip", [True, False])
 @pytest.mark.parametrize("variance", ["fixed_small", "fixed_large", "learned_range", "fixed_small_log"])
-def test_sampling_matches_diffusers_loop_float64(variance, clip, monkeypatch, reference_ops):
+def test_sampling_matches_diffusers_loop_float64(variance, clip, reference_ops):
     unet = tiny_unet(out_channels=6 if variance == "learned_range" else 3).double()
     s = promote(diffusers.DDPMScheduler(num_train_timesteps=1000, variance_type=variance, clip_sample=clip))
-    ref = diffusers_loop(unet, s, 10, x_T(torch.float64), monkeypatch)
+    ref = diffusers_loop(unet, s, 10, x_T(torch.float64))
     got = ours(unet, s, 10, torch.float64)
     assert got.dtype == torch.float64 and torch.isfinite(ref).all()
     torch.testing.assert_close(got, ref, atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("variance", ["fixed_small", "learned_range"])
-def test_sampling_matches_stock_diffusers_float32(variance, monkeypatch):
+def test_sampling_matches_stock_diffusers_float32(variance):
     """Stock diffusers (float32 schedule, default clip_sample=True), 10 steps, the accelerated
     U-Net on our side: within 1e-4."""
     unet = tiny_unet(out_channels=6 if variance == "learned_range" else 3)
     s = diffusers.DDPMScheduler(num_train_timesteps=1000, variance_type=variance)
-    ref = diffusers_loop(unet, s, 10, x_T(torch.float32), monkeypatch)
+    ref = diffusers_loop(unet, s, 10, x_T(torch.float32))
     got = ours(unet, s, 10, torch.float32)
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("spacing", ["trailing", "linspace"])
-def test_timestep_spacings(spacing, monkeypatch, reference_ops):
+def test_timestep_spacings(spacing, reference_ops):
     unet = tiny_unet().double()
     s = promote(diffusers.DDPMScheduler(num_train_timesteps=1000, timestep_spacing=spacing, clip_sample=False))
-    ref = diffusers_loop(unet, s, 7, x_T(torch.float64), monkeypatch)
+    ref = diffusers_loop(unet, s, 7, x_T(torch.float64))
     # trailing starts at t = 999, unclipped: x0 = x / sqrt(abar_999) ~ 150 x amplifies rounding
     scale = max(1.0, ref.abs().max().item())
     torch.testing.assert_close(ours(unet, s, 7, torch.float64), ref, atol=1e-10 * scale, rtol=1e-9)
 
 
 @pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
-def test_prediction_types_mapped_to_eps(prediction_type, monkeypatch, reference_ops):
+def test_prediction_types_mapped_to_eps(prediction_type, reference_ops):
     unet = tiny_unet().double()
     s = promote(diffusers.DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type,
                                         beta_schedule="squaredcos_cap_v2"))
-    ref = diffusers_loop(unet, s, 6, x_T(torch.float64), monkeypatch)
+    ref = diffusers_loop(unet, s, 6, x_T(torch.float64))
     got = ours(unet, s, 6, torch.float64, prediction_type=prediction_type)
     torch.testing.assert_close(got, ref, atol=1e-10, rtol=0)
 
