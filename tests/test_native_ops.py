@@ -376,9 +376,10 @@ def _subprocess_normal(env_extra, seed, idx, step, numel, stream, out):
     return torch.load(out)
 
 
-def test_simd_and_scalar_noise_are_bitwise_equal(tmp_path):
+@pytest.mark.parametrize("numel", [4099, 1000, 131, 2])   # whole 128-blocks, block + scalar tail, tail only
+def test_simd_and_scalar_noise_are_bitwise_equal(tmp_path, numel):
     # DIFFCORE_SCALAR_NOISE=1 forces philox.h's scalar code (also what CUDA and the integrators run)
-    seed, idx, step, numel, stream = 2**63 + 12345, [0, 7, 2**32 - 1, 2**31], 2**32 - 2, 4099, N.STREAM_INIT + 3
+    seed, idx, step, stream = 2**63 + 12345, [0, 7, 2**32 - 1, 2**31], 2**32 - 2, N.STREAM_INIT + 3
     scalar = _subprocess_normal({"DIFFCORE_SCALAR_NOISE": "1"}, seed, idx, step, numel, stream, tmp_path / "z.pt")
     fast = native.normal(seed, torch.tensor(idx), step, (numel,), stream=stream)
     assert torch.equal(fast, scalar)

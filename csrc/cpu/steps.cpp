@@ -39,10 +39,12 @@ inline __attribute__((always_inline)) void fill_noise_body(const NoiseAddress& a
   }
 }
 
+DC_CLONES void fill_noise_scalar(const NoiseAddress& a, int64_t e0, int64_t n, float* out) { fill_noise_body(a, e0, n, out); }
+
 // The generator is the compute-heavy part of a step. With AVX2+FMA (checked at run time) it
 // runs 32 Philox groups at a time (cpu/noise_avx2.h); otherwise philox.h's scalar code,
 // compiled for AVX2+FMA and baseline. Both give the same floats, bit for bit.
-// `out` must have room for n rounded up to kNoiseBlock (a divisor of kChunk).
+// `out` must have room for n rounded up to a multiple of 4 (whole Philox groups).
 // The arrays a fused step will stream through right after the noise of a chunk is drawn: the
 // generator prefetches them, spread over its blocks, so their memory traffic overlaps the
 // arithmetic instead of following it.
@@ -58,21 +60,23 @@ constexpr int64_t kNoiseBlock = avx2::kBlock;
 __attribute__((target("avx2,fma"))) void fill_noise_avx2(const NoiseAddress& a, int64_t e0, int64_t n, float* out,
                                                          const Prefetch* pf) {
   const uint32_t g0 = static_cast<uint32_t>(e0 / 4);
-  const int64_t blocks = (n + kNoiseBlock - 1) / kNoiseBlock;
-  const int64_t lines = pf ? (pf->bytes + 63) / 64 : 0;
+  const int64_t blocks = n / kNoiseBlock, full = blocks * kNoiseBlock;
+  const int64_t lines = pf && blocks ? (pf->bytes + 63) / 64 : 0;
   int64_t done = 0;
-  for (int64_t i = 0, bi = 1; i < n; i += kNoiseBlock, ++bi) {
+  for (int64_t i = 0, bi = 1; i < full; i += kNoiseBlock, ++bi) {
     for (const int64_t upto = lines * bi / blocks; done < upto; ++done)
       for (int s = 0; s < pf->count; ++s) _mm_prefetch(pf->p[s] + 64 * done, _MM_HINT_T0);
     avx2::normal_block(a, g0 + static_cast<uint32_t>(i / 4), out + i);
   }
+  // The tail group by group (the same bits): a whole block for a 2-D toy's 2 values per sample
+  // would draw 64 times the normals it uses.
+  if (full < n) fill_noise_scalar(a, e0 + full, n - full, out + full);
 }
 #else
 constexpr int64_t kNoiseBlock = 4;
 #endif
 static_assert(kChunk % kNoiseBlock == 0, "noise blocks must tile a chunk");
 
-DC_CLONES void fill_noise_scalar(const NoiseAddress& a, int64_t e0, int64_t n, float* out) { fill_noise_body(a, e0, n, out); }
 
 inline bool simd_noise() {
 #ifdef DIFFCORE_HAVE_AVX2
