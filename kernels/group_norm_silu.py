@@ -42,6 +42,27 @@ def _offsets(base, ch, ss, C, S, CHANNELS_LAST: tl.constexpr):
 
 
 @triton.jit
+def _channel_params(W_ptr, B_ptr, EMB_ptr, n, C, ch, cmask,
+                    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_EMB: tl.constexpr,
+                    ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(w, b, e) [BLOCK_C] of channels ch of sample n: weight (1 without HAS_W), bias (0
+    without HAS_B) and the embedding (0 without HAS_EMB, and then not read)."""
+    if HAS_W:
+        w = tl.load(W_ptr + ch, mask=cmask, other=0.0).to(ACC)
+    else:
+        w = tl.full([BLOCK_C], 1.0, ACC)
+    if HAS_B:
+        bb = tl.load(B_ptr + ch, mask=cmask, other=0.0).to(ACC)
+    else:
+        bb = tl.full([BLOCK_C], 0.0, ACC)
+    if HAS_EMB:
+        e = tl.load(EMB_ptr + n * C + ch, mask=cmask, other=0.0).to(ACC)
+    else:
+        e = tl.zeros([BLOCK_C], ACC)
+    return w, bb, e
+
+
+@triton.jit
 def _gn_fwd_kernel(
     X_ptr,        # [N, C, S] input (either layout)
     EMB_ptr,      # [N, C] contiguous embedding added before the statistics (HAS_EMB)
@@ -120,19 +141,12 @@ def _gn_fwd_kernel(
             cc = c0 + tl.arange(0, BLOCK_C)
             cmask = cc < CG
             ch = c_first + cc
-            if HAS_W:
-                w = tl.load(W_ptr + ch, mask=cmask, other=0.0).to(ACC)
-            else:
-                w = tl.full([BLOCK_C], 1.0, ACC)
-            if HAS_B:
-                bb = tl.load(B_ptr + ch, mask=cmask, other=0.0).to(ACC)
-            else:
-                bb = tl.full([BLOCK_C], 0.0, ACC)
+            w, bb, e = _channel_params(W_ptr, B_ptr, EMB_ptr, n, C, ch, cmask, HAS_W, HAS_B, HAS_EMB, ACC, BLOCK_C)
             scale = w * rstd
             # (h - mean) first: a one-element group gives exactly the bias, as in float64
             shift = tl.zeros([BLOCK_C], ACC) - mean
             if HAS_EMB:
-                shift = shift + tl.load(EMB_ptr + n * C + ch, mask=cmask, other=0.0).to(ACC)
+                shift = shift + e
             for s0 in range(s_lo, s_hi, BLOCK_S):
                 ss = s0 + tl.arange(0, BLOCK_S)
                 mask = cmask[:, None] & (ss < s_hi)[None, :]
@@ -142,6 +156,23 @@ def _gn_fwd_kernel(
                 if SILU:
                     a = a / (1.0 + tl.exp(tl.minimum(-a, 80.0)))  # no inf for very negative a
                 tl.store(Y_ptr + off, a.to(Y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _xhat_dy(X_ptr, DY_ptr, off, mask, w, bb, e, mean, rstd,
+             HAS_EMB: tl.constexpr, SILU: tl.constexpr, ACC: tl.constexpr):
+    """(xhat, dy') of one tile: the forward's normalised input (h = x + e) recomputed, and the
+    upstream gradient through the SiLU (dy' = dy * SiLU'(xhat w + b); dy itself without SILU)."""
+    h = tl.load(X_ptr + off, mask=mask, other=0.0).to(ACC)
+    if HAS_EMB:
+        h = h + e[:, None]
+    xhat = (h - mean) * rstd
+    dy = tl.load(DY_ptr + off, mask=mask, other=0.0).to(ACC)
+    if SILU:
+        a = xhat * w[:, None] + bb[:, None]
+        sig = 1.0 / (1.0 + tl.exp(tl.minimum(-a, 80.0)))
+        dy = dy * sig * (1.0 + a * (1.0 - sig))
+    return xhat, dy
 
 
 @triton.jit
@@ -182,31 +213,14 @@ def _gn_bwd_kernel(
             cc = c0 + tl.arange(0, BLOCK_C)
             cmask = cc < CG
             ch = c_first + cc
-            if HAS_W:
-                w = tl.load(W_ptr + ch, mask=cmask, other=0.0).to(ACC)
-            else:
-                w = tl.full([BLOCK_C], 1.0, ACC)
-            if HAS_B:
-                bb = tl.load(B_ptr + ch, mask=cmask, other=0.0).to(ACC)
-            else:
-                bb = tl.full([BLOCK_C], 0.0, ACC)
-            if HAS_EMB:
-                e = tl.load(EMB_ptr + n * C + ch, mask=cmask, other=0.0).to(ACC)
+            w, bb, e = _channel_params(W_ptr, B_ptr, EMB_ptr, n, C, ch, cmask, HAS_W, HAS_B, HAS_EMB, ACC, BLOCK_C)
             dw_c = tl.zeros([BLOCK_C], ACC)
             db_c = tl.zeros([BLOCK_C], ACC)
             for s0 in range(s_lo, s_hi, BLOCK_S):
                 ss = s0 + tl.arange(0, BLOCK_S)
                 mask = cmask[:, None] & (ss < s_hi)[None, :]
                 off = _offsets(base, ch, ss, C, S, CHANNELS_LAST)
-                h = tl.load(X_ptr + off, mask=mask, other=0.0).to(ACC)
-                if HAS_EMB:
-                    h = h + e[:, None]
-                xhat = (h - mean) * rstd
-                dy = tl.load(DY_ptr + off, mask=mask, other=0.0).to(ACC)
-                if SILU:
-                    a = xhat * w[:, None] + bb[:, None]
-                    sig = 1.0 / (1.0 + tl.exp(tl.minimum(-a, 80.0)))
-                    dy = dy * sig * (1.0 + a * (1.0 - sig))
+                xhat, dy = _xhat_dy(X_ptr, DY_ptr, off, mask, w, bb, e, mean, rstd, HAS_EMB, SILU, ACC)
                 dy = tl.where(mask, dy, 0.0)
                 dxhat = dy * w[:, None]
                 dw_c += tl.sum(dy * xhat, axis=1)
@@ -232,30 +246,13 @@ def _gn_bwd_kernel(
             cc = c0 + tl.arange(0, BLOCK_C)
             cmask = cc < CG
             ch = c_first + cc
-            if HAS_W:
-                w = tl.load(W_ptr + ch, mask=cmask, other=0.0).to(ACC)
-            else:
-                w = tl.full([BLOCK_C], 1.0, ACC)
-            if HAS_B:
-                bb = tl.load(B_ptr + ch, mask=cmask, other=0.0).to(ACC)
-            else:
-                bb = tl.full([BLOCK_C], 0.0, ACC)
-            if HAS_EMB:
-                e = tl.load(EMB_ptr + n * C + ch, mask=cmask, other=0.0).to(ACC)
+            w, bb, e = _channel_params(W_ptr, B_ptr, EMB_ptr, n, C, ch, cmask, HAS_W, HAS_B, HAS_EMB, ACC, BLOCK_C)
             de_c = tl.zeros([BLOCK_C], ACC)
             for s0 in range(s_lo, s_hi, BLOCK_S):
                 ss = s0 + tl.arange(0, BLOCK_S)
                 mask = cmask[:, None] & (ss < s_hi)[None, :]
                 off = _offsets(base, ch, ss, C, S, CHANNELS_LAST)
-                h = tl.load(X_ptr + off, mask=mask, other=0.0).to(ACC)
-                if HAS_EMB:
-                    h = h + e[:, None]
-                xhat = (h - mean) * rstd
-                dy = tl.load(DY_ptr + off, mask=mask, other=0.0).to(ACC)
-                if SILU:
-                    a = xhat * w[:, None] + bb[:, None]
-                    sig = 1.0 / (1.0 + tl.exp(tl.minimum(-a, 80.0)))
-                    dy = dy * sig * (1.0 + a * (1.0 - sig))
+                xhat, dy = _xhat_dy(X_ptr, DY_ptr, off, mask, w, bb, e, mean, rstd, HAS_EMB, SILU, ACC)
                 dx = rstd * (dy * w[:, None] - m1 - xhat * m2)
                 dx = tl.where(mask, dx, 0.0)
                 tl.store(DX_ptr + off, dx.to(DX_ptr.dtype.element_ty), mask=mask)
