@@ -129,6 +129,25 @@ struct DdimF {
   }
 };
 
+// Block-wide sums of a and b (every thread passes its partials and gets back the block's
+// totals): a shared-memory tree over blockDim.x threads (a power of two, at most kThreads).
+// Contains __syncthreads(): every thread of the block must call it.
+__device__ void block_sum2(double& a, double& b) {
+  __shared__ double sa[kThreads], sb[kThreads];
+  sa[threadIdx.x] = a;
+  sb[threadIdx.x] = b;
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+    if (threadIdx.x < w) {
+      sa[threadIdx.x] += sa[threadIdx.x + w];
+      sb[threadIdx.x] += sb[threadIdx.x + w];
+    }
+    __syncthreads();
+  }
+  a = sa[0];
+  b = sb[0];
+}
+
 // per-sample norms of score and z (z drawn into out when not given); one block per sample
 template <typename T>
 __global__ void langevin_norms(const T* score, NoiseArgs nz, T* out, double* norms, int64_t B, int64_t E) {
@@ -152,42 +171,22 @@ __global__ void langevin_norms(const T* score, NoiseArgs nz, T* out, double* nor
       z2 += static_cast<double>(zv) * static_cast<double>(zv);
     }
   }
-  __shared__ double sg[kThreads], sz[kThreads];
-  sg[threadIdx.x] = g2;
-  sz[threadIdx.x] = z2;
-  __syncthreads();
-  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-    if (threadIdx.x < w) {
-      sg[threadIdx.x] += sg[threadIdx.x + w];
-      sz[threadIdx.x] += sz[threadIdx.x + w];
-    }
-    __syncthreads();
-  }
+  block_sum2(g2, z2);
   if (threadIdx.x == 0) {
-    norms[b] = static_cast<double>(static_cast<T>(sqrt(sg[0])));
-    norms[B + b] = static_cast<double>(static_cast<T>(sqrt(sz[0])));
+    norms[b] = static_cast<double>(static_cast<T>(sqrt(g2)));
+    norms[B + b] = static_cast<double>(static_cast<T>(sqrt(z2)));
   }
 }
 
 template <typename T>
 __global__ void batch_mean_norms(double* norms, int64_t B) {
-  __shared__ double sg[kThreads], sz[kThreads];
   double g = 0, z = 0;
   for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
     g += norms[b];
     z += norms[B + b];
   }
-  sg[threadIdx.x] = g;
-  sz[threadIdx.x] = z;
-  __syncthreads();
-  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-    if (threadIdx.x < w) {
-      sg[threadIdx.x] += sg[threadIdx.x + w];
-      sz[threadIdx.x] += sz[threadIdx.x + w];
-    }
-    __syncthreads();
-  }
-  const double gm = static_cast<double>(static_cast<T>(sg[0] / B)), zm = static_cast<double>(static_cast<T>(sz[0] / B));
+  block_sum2(g, z);
+  const double gm = static_cast<double>(static_cast<T>(g / B)), zm = static_cast<double>(static_cast<T>(z / B));
   __syncthreads();
   for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
     norms[b] = gm;
@@ -232,20 +231,10 @@ __global__ void gn_stats(const T* x, const T* emb, double eps, T* mean, T* rstd,
     s1 += v;
     s2 += v * v;
   }
-  __shared__ double a[kThreads], b[kThreads];
-  a[threadIdx.x] = s1;
-  b[threadIdx.x] = s2;
-  __syncthreads();
-  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-    if (threadIdx.x < w) {
-      a[threadIdx.x] += a[threadIdx.x + w];
-      b[threadIdx.x] += b[threadIdx.x + w];
-    }
-    __syncthreads();
-  }
+  block_sum2(s1, s2);
   if (threadIdx.x == 0) {
-    const double m = a[0] / cnt;
-    double var = b[0] / cnt - m * m;
+    const double m = s1 / cnt;
+    double var = s2 / cnt - m * m;
     var = var < 0 ? 0 : var;
     mean[ng] = static_cast<T>(m + shift);
     rstd[ng] = static_cast<T>(1.0 / sqrt(var + eps));
