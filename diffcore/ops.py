@@ -30,7 +30,7 @@ import warnings
 import torch
 
 from . import noise as _noise
-from .validation import check_choice, check_int, check_real
+from .validation import check_choice, check_int, check_real, check_tensor
 
 BACKENDS = ("torch", "native", "triton")
 _MODULES = {"native": "diffcore.native", "triton": "diffcore.kernels"}
@@ -101,13 +101,8 @@ def _impl(op: str, device: torch.device, backend: str | None, *inputs):
 
 # ---- shared argument checks ---------------------------------------------------------------
 def _tensor(name: str, x, floating: bool = True, min_dim: int = 0) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
-    if floating and not x.dtype.is_floating_point:
-        raise ValueError(f"{name} must be a floating-point tensor; got dtype {x.dtype}")
-    if x.dim() < min_dim:
-        raise ValueError(f"{name} must be [B, ...] (one row per sample); got shape {tuple(x.shape)}")
-    return x
+    """validation.check_tensor, worded for the ops' per-sample inputs (min_dim 1: [B, ...])."""
+    return check_tensor(name, x, floating, min_dim, shape="[B, ...] (one row per sample)")
 
 
 def _same(name: str, y: torch.Tensor, x: torch.Tensor) -> None:

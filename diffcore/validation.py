@@ -75,13 +75,16 @@ def check_real(name: str, value, finite: bool = True) -> float:
     return value
 
 
-def check_tensor(name: str, x, floating: bool = True, min_dim: int = 0) -> torch.Tensor:
-    """x is a torch.Tensor (floating-point unless floating=False) with at least min_dim dims."""
+def check_tensor(name: str, x, floating: bool = True, min_dim: int = 0, shape: str | None = None) -> torch.Tensor:
+    """x is a torch.Tensor (floating-point unless floating=False) with at least min_dim dims;
+    `shape` (e.g. "[B, ...]") words the too-few-dimensions message as "must be <shape>"."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
     if floating and not x.dtype.is_floating_point:
         raise ValueError(f"{name} must be a floating-point tensor; got dtype {x.dtype}")
     if x.dim() < min_dim:
+        if shape is not None:
+            raise ValueError(f"{name} must be {shape}; got shape {tuple(x.shape)}")
         raise ValueError(f"{name} must have at least {min_dim} dimension(s); got shape {tuple(x.shape)}")
     return x
 
