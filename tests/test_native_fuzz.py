@@ -160,7 +160,8 @@ def test_fuzz_ddpm_step(case, learned, clip):
     ok, out = call_or_clean_error(C.ddpm_step, x, eps, *cs, v, lvmax, clip, *nargs)
     y = x.clone()
     ok_inplace, _ = call_or_clean_error(C.ddpm_step_, y, eps, *cs, v, lvmax, clip, *nargs)
-    assert ok_inplace == ok   # the in-place op takes exactly the inputs the out-of-place one does
+    if x.is_contiguous():     # (clone() makes a strided x contiguous, which is then accepted)
+        assert ok_inplace == ok   # the in-place op takes exactly the inputs the out-of-place one does
     if ok and all_cpu(x, eps, v, lvmax, *cs, *nargs) and z is not None:
         assert valid([eps, v, nargs[0]], x, cs + [lvmax])
         check_outputs(out, ops.ddpm_step_reference(x, eps, *cs, z, clip, v, lvmax), x, case["in_op"])
