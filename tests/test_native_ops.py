@@ -376,10 +376,14 @@ def _subprocess_normal(env_extra, seed, idx, step, numel, stream, out):
     return torch.load(out)
 
 
-@pytest.mark.parametrize("numel", [4099, 1000, 131, 2])   # whole 128-blocks, block + scalar tail, tail only
-def test_simd_and_scalar_noise_are_bitwise_equal(tmp_path, numel):
+# whole 128-blocks, block + scalar tail, tail only; under 128 values per sample the noise of 32
+# samples is drawn at once (lane = sample): 4 samples, and 70 = two full batches and a partial one
+@pytest.mark.parametrize("numel, n_samples", [(4099, 4), (1000, 4), (131, 4), (2, 4), (2, 70), (127, 70), (5, 33)])
+def test_simd_and_scalar_noise_are_bitwise_equal(tmp_path, numel, n_samples):
     # DIFFCORE_SCALAR_NOISE=1 forces philox.h's scalar code (also what CUDA and the integrators run)
-    seed, idx, step, stream = 2**63 + 12345, [0, 7, 2**32 - 1, 2**31], 2**32 - 2, N.STREAM_INIT + 3
+    seed, step, stream = 2**63 + 12345, 2**32 - 2, N.STREAM_INIT + 3
+    idx = ([0, 7, 2**32 - 1, 2**31] * 18)[:n_samples]
+    idx = [(v + 3 * i) % 2**32 for i, v in enumerate(idx)] if n_samples > 4 else idx   # repeats made distinct
     scalar = _subprocess_normal({"DIFFCORE_SCALAR_NOISE": "1"}, seed, idx, step, numel, stream, tmp_path / "z.pt")
     fast = native.normal(seed, torch.tensor(idx), step, (numel,), stream=stream)
     assert torch.equal(fast, scalar)

@@ -161,19 +161,19 @@ DC_AVX2 void box_muller(const __m256i* w0, const __m256i* w1, const __m256i* w2,
 }
 #undef DC_EACH
 
-// The kBlock normals of groups g0 .. g0 + kBlock / 4 - 1 of address a, in element order. Four
-// independent Philox streams of 8 lanes are interleaved: one alone is a chain of dependent
-// multiplies (latency-bound); four keep the multipliers busy.
+// Philox4x32-10 on kBlock / 4 counters (lane j*8 + i: words c0[j], c1[j] lane i; the address's
+// step and stream), then Box-Muller: out[4 * lane + slot]. Four independent streams of 8 lanes
+// are interleaved: one alone is a chain of dependent multiplies (latency-bound); four keep
+// the multipliers busy.
 constexpr int kBlock = 128;
+constexpr int kStreams = kBlock / 32;
 
-DC_AVX2 void normal_block(const NoiseAddress& a, uint32_t g0, float* out) {
-  constexpr int NB = kBlock / 32;
+DC_AVX2 void philox_normals(__m256i* c0, __m256i* c1, const NoiseAddress& a, float* out) {
+  constexpr int NB = kStreams;
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
-  __m256i c0[NB], c1[NB], c2[NB], c3[NB];
+  __m256i c2[NB], c3[NB];
   for (int j = 0; j < NB; ++j) {
-    c0[j] = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(g0 + 8u * j)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    c1[j] = _mm256_set1_epi32(static_cast<int>(a.sample));
     c2[j] = _mm256_set1_epi32(static_cast<int>(a.step));
     c3[j] = _mm256_set1_epi32(static_cast<int>(a.stream));
   }
@@ -197,6 +197,29 @@ DC_AVX2 void normal_block(const NoiseAddress& a, uint32_t g0, float* out) {
   // two groups of 8 at a time: four log and four sin/cos chains in flight without spilling much
   static_assert(NB % 2 == 0, "Box-Muller takes the streams in pairs");
   for (int j = 0; j < NB; j += 2) box_muller<2>(c0 + j, c1 + j, c2 + j, c3 + j, out + 32 * j);
+}
+
+// The kBlock normals of groups g0 .. g0 + kBlock / 4 - 1 of address a, in element order.
+DC_AVX2 void normal_block(const NoiseAddress& a, uint32_t g0, float* out) {
+  __m256i c0[kStreams], c1[kStreams];
+  for (int j = 0; j < kStreams; ++j) {
+    c0[j] = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(g0 + 8u * j)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    c1[j] = _mm256_set1_epi32(static_cast<int>(a.sample));
+  }
+  philox_normals(c0, c1, a, out);
+}
+
+// Group g's four normals for each of kLanes samples (a.sample is ignored): out[4 * s + slot].
+// For states of a few values per sample, where a block per sample would mostly go unused.
+constexpr int kLanes = kBlock / 4;
+
+DC_AVX2 void normal_lanes(const NoiseAddress& a, const uint32_t* samples, uint32_t g, float* out) {
+  __m256i c0[kStreams], c1[kStreams];
+  for (int j = 0; j < kStreams; ++j) {
+    c0[j] = _mm256_set1_epi32(static_cast<int>(g));
+    c1[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(samples + 8 * j));
+  }
+  philox_normals(c0, c1, a, out);
 }
 
 #undef DC_AVX2

@@ -72,6 +72,10 @@ __attribute__((target("avx2,fma"))) void fill_noise_avx2(const NoiseAddress& a, 
   // would draw 64 times the normals it uses.
   if (full < n) fill_noise_scalar(a, e0 + full, n - full, out + full);
 }
+__attribute__((target("avx2,fma"))) void normal_lanes_avx2(const NoiseAddress& a, const uint32_t* samples, uint32_t g,
+                                                           float* out) {
+  avx2::normal_lanes(a, samples, g, out);
+}
 #else
 constexpr int64_t kNoiseBlock = 4;
 #endif
@@ -125,12 +129,43 @@ Noise make_noise(const c10::optional<at::Tensor>& z, const c10::optional<at::Ten
   return n;
 }
 
+#ifdef DIFFCORE_HAVE_AVX2
+// for_chunks for in-op noise and fewer than kNoiseBlock values per sample: the noise of
+// avx2::kLanes samples at a time, one Philox group across the samples per call (lane = sample),
+// so nothing is drawn that is not used. The same numbers as the per-sample blocks.
+template <typename T, typename F>
+void for_small_samples(int64_t B, int64_t E, const Noise& nz, F& f) {
+  constexpr int64_t L = avx2::kLanes;
+  at::parallel_for(0, (B + L - 1) / L, 4, [&](int64_t begin, int64_t end) {
+    alignas(64) float z4[4 * L];
+    alignas(64) T zbuf[L * kNoiseBlock];
+    uint32_t samples[L];
+    const NoiseAddress a = make_address(nz.seed, 0, nz.step, nz.stream);
+    for (int64_t q = begin; q < end; ++q) {
+      const int64_t b0 = q * L, nb = std::min(L, B - b0);
+      for (int64_t s = 0; s < L; ++s)   // a partial last batch repeats its last sample in the spare lanes
+        samples[s] = static_cast<uint32_t>(static_cast<uint64_t>(nz.idx[b0 + std::min(s, nb - 1)]));
+      for (int64_t g = 0; 4 * g < E; ++g) {
+        normal_lanes_avx2(a, samples, static_cast<uint32_t>(g), z4);
+        const int64_t m = std::min<int64_t>(4, E - 4 * g);
+        for (int64_t s = 0; s < nb; ++s)
+          for (int64_t k = 0; k < m; ++k) zbuf[s * E + 4 * g + k] = static_cast<T>(z4[4 * s + k]);
+      }
+      for (int64_t s = 0; s < nb; ++s) f(b0 + s, 0, E, zbuf + s * E);
+    }
+  });
+}
+#endif
+
 // f(b, e0, n, zp): elements [e0, e0 + n) of sample b with their noise zp (nullptr if no noise).
 // `streams`: the arrays (laid out like x) that f reads and writes, prefetched while the noise
 // of their chunk is drawn.
 template <typename T, typename F>
 void for_chunks(int64_t B, int64_t E, const Noise* noise, F&& f, std::initializer_list<const void*> streams = {}) {
   if (B == 0 || E == 0) return;
+#ifdef DIFFCORE_HAVE_AVX2
+  if (noise && !noise->z && E < kNoiseBlock && simd_noise()) return for_small_samples<T>(B, E, *noise, f);
+#endif
   const int64_t per = (E + kChunk - 1) / kChunk;
   at::parallel_for(0, B * per, kGrain, [&](int64_t begin, int64_t end) {
     alignas(64) T zbuf[kChunk + 4];
