@@ -20,6 +20,7 @@ chunked under a memory budget, with each step captured once as a CUDA graph and 
 """
 from __future__ import annotations
 
+import math
 import time
 import warnings
 
@@ -159,10 +160,7 @@ class Sampler:
             return n  # the reference samplers take the whole batch, as reference_sample does
         if device.type == "cuda":
             return min(n, self._cuda_budget(n, device))
-        numel = 1
-        for s in self.shape:
-            numel *= s
-        return min(n, max(CPU_MIN_CHUNK, CPU_CHUNK_ELEMENTS // numel))
+        return min(n, max(CPU_MIN_CHUNK, CPU_CHUNK_ELEMENTS // math.prod(self.shape)))
 
     def _cuda_budget(self, n, device):
         """Samples per chunk that fit in 80% of free memory, from one probe step at a small batch."""

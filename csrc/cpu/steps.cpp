@@ -81,7 +81,6 @@ constexpr int64_t kNoiseBlock = 4;
 #endif
 static_assert(kChunk % kNoiseBlock == 0, "noise blocks must tile a chunk");
 
-
 inline bool simd_noise() {
 #ifdef DIFFCORE_HAVE_AVX2
   static const bool on = avx2::cpu_has_avx2_fma() && !getenv_flag("DIFFCORE_SCALAR_NOISE");

@@ -72,22 +72,33 @@ at::Tensor heun_step_cuda(const at::Tensor& x, const at::Tensor& s1, const at::T
   return out;
 }
 
+// One DDPM step into out (x itself for ddpm_step_); mean and x0 are written when defined.
+void launch_ddpm_step(const at::Tensor& x, const at::Tensor& eps, const at::Tensor& sra, const at::Tensor& srm1,
+                      const at::Tensor& cx0, const at::Tensor& cxt, const at::Tensor& log_var,
+                      const c10::optional<at::Tensor>& v, const c10::optional<at::Tensor>& log_var_max, bool clip,
+                      const c10::optional<at::Tensor>& z, int64_t seed, const c10::optional<at::Tensor>& idx,
+                      int64_t step, int64_t stream, const at::Tensor& out, const at::Tensor& mean,
+                      const at::Tensor& x0) {
+  c10::cuda::CUDAGuard guard(x.device());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::ddpm_step", [&] {
+    auto opt = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+    cuda::ddpm_step<scalar_t>(x.data_ptr<scalar_t>(), eps.data_ptr<scalar_t>(), cp(sra), cp(srm1), cp(cx0), cp(cxt),
+                              cp(log_var), v.has_value() ? v->data_ptr<scalar_t>() : nullptr,
+                              log_var_max.has_value() ? cp(*log_var_max) : nullptr, clip,
+                              noise_args(z, idx, seed, step, stream), out.data_ptr<scalar_t>(), opt(mean), opt(x0),
+                              x.size(0), per_sample(x), stream_of(x));
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ddpm_step_cuda(
     const at::Tensor& x, const at::Tensor& eps, const at::Tensor& sra, const at::Tensor& srm1, const at::Tensor& cx0,
     const at::Tensor& cxt, const at::Tensor& log_var, const c10::optional<at::Tensor>& v,
     const c10::optional<at::Tensor>& log_var_max, bool clip, const c10::optional<at::Tensor>& z, int64_t seed,
     const c10::optional<at::Tensor>& idx, int64_t step, int64_t stream) {
   check_ddpm_step(x, eps, sra, srm1, cx0, cxt, log_var, v, log_var_max, z, idx, step, stream, kCUDA);
-  c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty_like(x), mean = at::empty_like(x), x0 = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::ddpm_step", [&] {
-    cuda::ddpm_step<scalar_t>(x.data_ptr<scalar_t>(), eps.data_ptr<scalar_t>(), cp(sra), cp(srm1), cp(cx0), cp(cxt),
-                              cp(log_var), v.has_value() ? v->data_ptr<scalar_t>() : nullptr,
-                              log_var_max.has_value() ? cp(*log_var_max) : nullptr, clip,
-                              noise_args(z, idx, seed, step, stream), out.data_ptr<scalar_t>(),
-                              mean.data_ptr<scalar_t>(), x0.data_ptr<scalar_t>(), x.size(0), per_sample(x),
-                              stream_of(x));
-  });
+  launch_ddpm_step(x, eps, sra, srm1, cx0, cxt, log_var, v, log_var_max, clip, z, seed, idx, step, stream, out, mean,
+                   x0);
   return {out, mean, x0};
 }
 
@@ -99,14 +110,8 @@ at::Tensor ddpm_step_inplace_cuda(const at::Tensor& x, const at::Tensor& eps, co
                                   const c10::optional<at::Tensor>& idx, int64_t step, int64_t stream) {
   check_ddpm_step(x, eps, sra, srm1, cx0, cxt, log_var, v, log_var_max, z, idx, step, stream, kCUDA);
   check_inplace_ddpm(x, eps, v, z);
-  c10::cuda::CUDAGuard guard(x.device());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::ddpm_step_", [&] {
-    cuda::ddpm_step<scalar_t>(x.data_ptr<scalar_t>(), eps.data_ptr<scalar_t>(), cp(sra), cp(srm1), cp(cx0), cp(cxt),
-                              cp(log_var), v.has_value() ? v->data_ptr<scalar_t>() : nullptr,
-                              log_var_max.has_value() ? cp(*log_var_max) : nullptr, clip,
-                              noise_args(z, idx, seed, step, stream), x.data_ptr<scalar_t>(), nullptr, nullptr,
-                              x.size(0), per_sample(x), stream_of(x));
-  });
+  launch_ddpm_step(x, eps, sra, srm1, cx0, cxt, log_var, v, log_var_max, clip, z, seed, idx, step, stream, x,
+                   at::Tensor(), at::Tensor());
   return x;
 }
 
