@@ -239,7 +239,7 @@ def _gn_bwd_kernel(
             jm = j < SPLIT
             s1 = tl.sum(tl.load(PART_ptr + (pid * SPLIT + j) * 2, mask=jm, other=0.0), axis=0)
             s2 = tl.sum(tl.load(PART_ptr + (pid * SPLIT + j) * 2 + 1, mask=jm, other=0.0), axis=0)
-        inv_cnt = 1.0 / tl.to_tensor(CG * S).to(ACC)  # to_tensor: CG = S = 1 arrive as constexpr on GPU
+        inv_cnt = 1.0 / (tl.zeros([], ACC) + CG * S)  # a tensor even when CG = S = 1 arrive as constexpr
         m1 = s1 * inv_cnt
         m2 = s2 * inv_cnt
         for c0 in range(0, CG, BLOCK_C):

@@ -40,6 +40,13 @@ def uniform_from_word(w):
 
 
 @triton.jit
+def _low_word(v):
+    """v mod 2**32 as an int64 scalar tensor, whether v arrives as a tensor or, as Triton
+    passes an integer argument equal to 1, a constexpr (tl.to_tensor is not in Triton 3.6)."""
+    return (tl.zeros([], tl.int64) + v) & 0xFFFFFFFF
+
+
+@triton.jit
 def normal4(group, sample, step, stream, seed_lo, seed_hi):
     """Four standard normals (slots 0..3) for each word group in `group` (an int64 block).
 
@@ -48,11 +55,11 @@ def normal4(group, sample, step, stream, seed_lo, seed_hi):
     """
     zero = tl.zeros_like(group)
     c0 = (group & 0xFFFFFFFF).to(tl.uint32)
-    c1 = (zero + (tl.to_tensor(sample) & 0xFFFFFFFF)).to(tl.uint32)
-    c2 = (zero + tl.to_tensor(step)).to(tl.uint32)
-    c3 = (zero + tl.to_tensor(stream)).to(tl.uint32)
-    k0 = tl.to_tensor(seed_lo).to(tl.uint32)
-    k1 = tl.to_tensor(seed_hi).to(tl.uint32)
+    c1 = (zero + _low_word(sample)).to(tl.uint32)
+    c2 = (zero + _low_word(step)).to(tl.uint32)
+    c3 = (zero + _low_word(stream)).to(tl.uint32)
+    k0 = _low_word(seed_lo).to(tl.uint32)
+    k1 = _low_word(seed_hi).to(tl.uint32)
     w0, w1, w2, w3 = philox4x32_10(c0, c1, c2, c3, k0, k1)
     r01 = tl.sqrt(-2.0 * tl.log(uniform_from_word(w0)))
     t01 = TWO_PI * uniform_from_word(w1)

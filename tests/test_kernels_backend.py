@@ -111,6 +111,29 @@ def test_kernels_compile_for_sm90_without_a_gpu():
     assert r.returncode == 0 and "compiled for sm_90" in r.stdout, r.stdout + r.stderr[-3000:]
 
 
+# triton.language names the kernels may use: each checked to exist in Triton 3.6, the oldest
+# release supported (the lent GPU machines have it). tl.to_tensor, for one, is newer: under 3.6
+# every kernel that called it failed to compile. Checking a new name against 3.6 and adding it
+# here is part of using it.
+TRITON_36_NAMES = frozenset("""
+    arange constexpr cos exp float32 float64 full int64 load log maximum minimum program_id sin
+    sqrt static_range store sum uint32 umulhi where zeros zeros_like""".split())
+
+
+def test_kernels_use_only_triton_language_names_present_in_triton_3_6():
+    import ast
+    import glob
+    used = {}
+    for path in sorted(glob.glob(os.path.join(ROOT, "kernels", "*.py")) + [__file__,
+                       os.path.join(ROOT, "tests", "test_kernels_steps.py")]):
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "tl":
+                used.setdefault(node.attr, os.path.basename(path))
+    assert {"load", "store", "arange"} <= set(used)   # the walk sees the kernels
+    unknown = {n: f for n, f in used.items() if n not in TRITON_36_NAMES}
+    assert not unknown, f"triton.language names not checked against Triton 3.6: {unknown}"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
 def test_gpu_part_script_skips_cleanly_without_cuda(tmp_path):
     out = tmp_path / "gpu"

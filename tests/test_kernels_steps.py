@@ -19,7 +19,7 @@ import diffcore  # noqa: E402
 from diffcore import noise as N  # noqa: E402
 from diffcore import ops, step_coeffs  # noqa: E402
 from diffcore.kernels import affine_step, ddim_step, ddpm_step, heun_step, langevin_step, residual_add  # noqa: E402
-from diffcore.kernels.philox import philox4x32_10  # noqa: E402
+from diffcore.kernels.philox import _low_word, philox4x32_10  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 gpu = pytest.mark.gpu
@@ -173,7 +173,7 @@ def _words_kernel(OUT_ptr, n_groups, sample, step, stream, seed_lo, seed_hi, BLO
     zero = tl.zeros([BLOCK], tl.uint32)
     w = philox4x32_10(g.to(tl.uint32), (zero + sample).to(tl.uint32), (zero + step).to(tl.uint32),
                       (zero + stream).to(tl.uint32),
-                      tl.to_tensor(seed_lo).to(tl.uint32), tl.to_tensor(seed_hi).to(tl.uint32))
+                      _low_word(seed_lo).to(tl.uint32), _low_word(seed_hi).to(tl.uint32))
     w0, w1, w2, w3 = w
     tl.store(OUT_ptr + g * 4, w0.to(tl.int64), mask=g < n_groups)
     tl.store(OUT_ptr + g * 4 + 1, w1.to(tl.int64), mask=g < n_groups)
