@@ -8,7 +8,9 @@
     (native, noise drawn in-op, three outputs) and ddpm_step_ (in place: the step the engine's
     ancestral loop runs) vs diffusers' DDPMScheduler.step;
 (c) GroupNorm(32) + SiLU on (64, 128, 32, 32) fp32: native vs torch.compile of the same
-    function vs eager, with GB/s and % of a copy of the same bytes measured in the run.
+    function vs eager, with GB/s and % of a copy of the same bytes measured in the run;
+(d) the same in bfloat16 (16-bit storage, float32 arithmetic), NCHW and channels_last (the
+    layout of an accelerated U-Net under bf16 autocast): native vs compile vs eager in bf16.
 
 Timings are medians over repeats interleaved across the contenders (each round times every
 contender once), after a warm-up; every contender runs with the same torch thread count.
@@ -16,7 +18,7 @@ The native CPU ops take their large outputs from the extension's buffer pool (cs
 run with DIFFCORE_CPU_POOL_MB=0 to time them on plain torch allocations (the header line says
 which).
 
-    python benchmarks/sde.py [--quick] [--threads N] [--cases abc]
+    python benchmarks/sde.py [--quick] [--threads N] [--cases abcd]
 """
 from __future__ import annotations
 
@@ -154,35 +156,40 @@ def ddpm_step(repeats: int, rows: list, ratios: dict) -> None:
 
 
 # ---- (c) GroupNorm + SiLU ---------------------------------------------------------------------
-def group_norm(repeats: int, rows: list, ratios: dict, quick: bool) -> None:
+def group_norm(repeats: int, rows: list, ratios: dict, quick: bool, dtype=torch.float32,
+               channels_last: bool = False) -> None:
     from diffcore import native
 
     shape = (16, 128, 32, 32) if quick else (64, 128, 32, 32)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(*shape, generator=g)
+    x = torch.randn(*shape, generator=g).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     w, b = torch.randn(shape[1], generator=g), torch.randn(shape[1], generator=g)
 
-    def f(x, w, b):
-        return torch.nn.functional.silu(torch.nn.functional.group_norm(x, 32, w, b, 1e-5))
+    def f(x, w, b):   # torch's own op in x's dtype (parameters cast to it, as a bf16 module holds them)
+        return torch.nn.functional.silu(torch.nn.functional.group_norm(x, 32, w.to(x.dtype), b.to(x.dtype), 1e-5))
 
     compiled = torch.compile(f)
     out = torch.empty_like(x)
     fns = {"native": lambda: native.group_norm_silu(x, 32, w, b, 1e-5, None, True),
            "compile": lambda: compiled(x, w, b), "eager": lambda: f(x, w, b), "copy": lambda: out.copy_(x)}
     with torch.no_grad():
-        err = (fns["native"]() - f(x.double(), w.double(), b.double())).abs().max().item()
+        err = (fns["native"]().double() - f(x.double(), w.double(), b.double())).abs().max().item()
         fns["compile"]()   # compile outside the timing
         t = interleaved(fns, repeats, warmup=2)
     nbytes = 2 * x.numel() * x.element_size()   # one read + one write
     copy_gbs = nbytes / t["copy"]["median_s"] / 1e9
-    case = f"GroupNorm(32)+SiLU {tuple(shape)} fp32"
+    tag = {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype] + (" channels_last" if channels_last else "")
+    case = f"GroupNorm(32)+SiLU {tuple(shape)} {tag}"
     for k, name in (("native", "diffcore native"), ("compile", "torch.compile"), ("eager", "eager"),
                     ("copy", "copy (same bytes)")):
         gbs = nbytes / t[k]["median_s"] / 1e9
         rows.append(row(case, name, t[k], GB_s=round(gbs, 1), pct_of_copy=round(100 * gbs / copy_gbs)))
-    print(f"  GroupNorm+SiLU native max |err| vs float64: {err:.2e}")
-    ratios["gn_silu_native_vs_compile"] = t["compile"]["median_s"] / t["native"]["median_s"]
-    ratios["gn_silu_native_vs_eager"] = t["eager"]["median_s"] / t["native"]["median_s"]
+    print(f"  GroupNorm+SiLU {tag} native max |err| vs float64: {err:.2e}")
+    key = "gn_silu" if dtype == torch.float32 and not channels_last else "gn_silu_" + tag.replace(" ", "_")
+    ratios[f"{key}_native_vs_compile"] = t["compile"]["median_s"] / t["native"]["median_s"]
+    ratios[f"{key}_native_vs_eager"] = t["eager"]["median_s"] / t["native"]["median_s"]
 
 
 def main() -> None:
@@ -191,7 +198,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads for every contender (default: torch's); on a machine shared with "
                          "other jobs, 1 avoids OpenMP oversubscription stalls that hit many-op loops hardest")
-    ap.add_argument("--cases", default="abc", help="which cases to run: any of a (SDE), b (DDPM step), c (GroupNorm)")
+    ap.add_argument("--cases", default="abcd", help="which cases to run: any of a (SDE), b (DDPM step), c (GroupNorm), "
+                                                 "d (GroupNorm bf16)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -210,10 +218,14 @@ def main() -> None:
     if "c" in args.cases:
         print("(c) GroupNorm + SiLU")
         group_norm(repeats if args.quick else 9, rows, ratios, args.quick)
+    if "d" in args.cases:
+        print("(d) GroupNorm + SiLU in bfloat16")
+        for cl in (False, True):
+            group_norm(repeats if args.quick else 9, rows, ratios, args.quick, torch.bfloat16, cl)
     print_table(rows)
     print("ratios:", {k: round(v, 2) for k, v in ratios.items()})
     name = "sde_quick" if args.quick else "sde"
-    if args.cases != "abc":
+    if args.cases != "abcd":
         name += "_" + args.cases
     print("wrote", write_results(name, rows, ratios))
 

@@ -170,15 +170,21 @@ inline void check_residual_add(const at::Tensor& skip, const at::Tensor& h, c10:
   check_like(skip, "skip", h);
 }
 
-// An optional per-channel parameter of GroupNorm: x's device and dtype, the given shape.
+// An optional per-channel parameter of GroupNorm: x's device, the given dtype and shape.
 inline void check_param(const c10::optional<at::Tensor>& p, const char* name, const at::Tensor& x,
-                        at::IntArrayRef shape) {
+                        at::IntArrayRef shape, at::ScalarType dtype) {
   if (!p.has_value()) return;
   TORCH_CHECK(p->device() == x.device(), "diffcore: ", name, " must be on x's device ", x.device(), "; got ", p->device());
-  TORCH_CHECK(p->scalar_type() == x.scalar_type(), "diffcore: ", name, " must have x's dtype ", x.scalar_type(),
+  TORCH_CHECK(p->scalar_type() == dtype, "diffcore: ", name, " must be ", dtype, " for x of dtype ", x.scalar_type(),
               "; got ", p->scalar_type());
   TORCH_CHECK(p->sizes() == shape, "diffcore: ", name, " must have shape ", shape, "; got ", p->sizes());
   TORCH_CHECK(p->is_contiguous(), "diffcore: ", name, " must be contiguous");
+}
+
+// The dtype of group_norm_silu's statistics and parameters (weight, bias, emb, mean, rstd):
+// x's own, or float32 for bfloat16/float16 x (which only the CPU implementation accepts).
+inline at::ScalarType group_norm_acc_type(at::ScalarType t) {
+  return (t == at::kBFloat16 || t == at::kHalf) ? at::kFloat : t;
 }
 
 // group_norm_silu. Returns whether x is channels_last (4-D / 5-D, and not also contiguous),
@@ -188,15 +194,19 @@ inline bool check_group_norm(const at::Tensor& x, int64_t G, const c10::optional
                              c10::DeviceType dev, bool allow_channels_last) {
   TORCH_CHECK(x.device().type() == dev, "diffcore: x must be a ", c10::DeviceTypeName(dev),
               " tensor for this implementation; got ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "diffcore: x must be float32 or float64 for the native group_norm_silu; got ", x.scalar_type());
+  const bool reduced_ok = dev == c10::DeviceType::CPU;   // CUDA: Triton runs the 16-bit types
+  const auto t = x.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kDouble || (reduced_ok && (t == at::kBFloat16 || t == at::kHalf)),
+              "diffcore: x must be float32 or float64", reduced_ok ? " (or bfloat16 / float16)" : "",
+              " for the native group_norm_silu on ", c10::DeviceTypeName(dev), "; got ", t);
   TORCH_CHECK(x.dim() >= 2, "diffcore: x must be [N, C, *spatial]; got shape ", x.sizes());
   const int64_t N = x.size(0), C = x.size(1);
   TORCH_CHECK(G >= 1 && C % G == 0, "diffcore: num_groups must be a positive integer dividing C = ", C, "; got ", G);
   TORCH_CHECK(eps > 0, "diffcore: eps must be > 0; got ", eps);
-  check_param(weight, "weight", x, {C});
-  check_param(bias, "bias", x, {C});
-  check_param(emb, "emb", x, {N, C});
+  const auto acc = group_norm_acc_type(t);
+  check_param(weight, "weight", x, {C}, acc);
+  check_param(bias, "bias", x, {C}, acc);
+  check_param(emb, "emb", x, {N, C}, acc);
   const bool cl = (x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) ||
                   (x.dim() == 5 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast3d));
   if (allow_channels_last) {

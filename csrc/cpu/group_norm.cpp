@@ -1,12 +1,15 @@
 // CPU GroupNorm (+ per-(n, c) embedding added before the statistics) (+ SiLU) forward, for
-// NCHW-contiguous ([N, C, *]) and channels_last (4-D / 5-D) inputs. One read for the
-// statistics (shifted sums in double, so a large mean loses nothing), one read + one write
-// for y = silu(x * scale_c + shift_c); a group's slice of an NCHW tensor stays in cache
-// between the two. Parallel over (n, group) (NCHW) or n (channels_last).
+// NCHW-contiguous ([N, C, *]) and channels_last (4-D / 5-D) inputs, in float32, float64, and
+// bfloat16/float16 (stored 16-bit, computed in float32, statistics and parameters float32).
+// One read for the statistics (shifted sums in double, so a large mean loses nothing), one read
+// + one write for y = silu(x * scale_c + shift_c); a group's slice of an NCHW tensor stays in
+// cache between the two. Parallel over (n, group) (NCHW) or n (channels_last).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "../common.h"
@@ -187,99 +190,243 @@ inline void row_cl(const float* x, float* y, int64_t C, const float* a, const fl
 }
 inline void row_cl(const double* x, double* y, int64_t C, const double* a, const double* b, bool s) { row_cl_f64(x, y, C, a, b, s); }
 
+// ---- 16-bit storage (bfloat16, float16): each row is widened into a float buffer that stays in
+// L1, run through the float32 loops above, and narrowed back rounding to nearest even (the bits
+// c10's own conversions give; with AVX2 + F16C eight values at a time).
+constexpr int64_t kChunk = 1024;
+
+template <typename S> inline constexpr bool kWide = std::is_same_v<S, float> || std::is_same_v<S, double>;
+template <typename S> using acc_t = std::conditional_t<kWide<S>, S, float>;
+
+template <typename S> void widen_scalar(const S* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<float>(x[i]);
+}
+template <typename S> void narrow_scalar(const float* x, S* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = S(x[i]);
+}
+
+#ifdef DIFFCORE_HAVE_AVX2
+#define DC_F16C __attribute__((target("avx2,fma,f16c")))
+DC_F16C void widen_avx2(const c10::BFloat16* x, float* y, int64_t n) {
+  const auto* p = reinterpret_cast<const uint16_t*>(x);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i)));
+    _mm256_storeu_ps(y + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+  }
+  widen_scalar(x + i, y + i, n - i);
+}
+DC_F16C void narrow_avx2(const float* x, c10::BFloat16* y, int64_t n) {
+  auto* p = reinterpret_cast<uint16_t*>(y);
+  const __m256i one = _mm256_set1_epi32(1), half_ulp = _mm256_set1_epi32(0x7FFF), qnan = _mm256_set1_epi32(0x7FC0);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256i b = _mm256_castps_si256(v);   // (b + 0x7FFF + lsb) >> 16; NaN -> 0x7FC0, as c10
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(b, 16), one);
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(odd, half_ulp)), 16);
+    r = _mm256_blendv_epi8(r, qnan, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p + i),
+                     _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+  }
+  narrow_scalar(x + i, y + i, n - i);
+}
+DC_F16C void widen_avx2(const c10::Half* x, float* y, int64_t n) {
+  const auto* p = reinterpret_cast<const uint16_t*>(x);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i))));
+  widen_scalar(x + i, y + i, n - i);
+}
+DC_F16C void narrow_avx2(const float* x, c10::Half* y, int64_t n) {
+  auto* p = reinterpret_cast<uint16_t*>(y);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+  narrow_scalar(x + i, y + i, n - i);
+}
+#undef DC_F16C
+#endif
+
+inline bool f16c_rows() {
+#ifdef DIFFCORE_HAVE_AVX2
+  static const bool ok = avx2_rows() && __builtin_cpu_supports("f16c");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+template <typename S> void widen(const S* x, float* y, int64_t n) {
+#ifdef DIFFCORE_HAVE_AVX2
+  if (f16c_rows()) return widen_avx2(x, y, n);
+#endif
+  widen_scalar(x, y, n);
+}
+template <typename S> void narrow(const float* x, S* y, int64_t n) {
+#ifdef DIFFCORE_HAVE_AVX2
+  if (f16c_rows()) return narrow_avx2(x, y, n);
+#endif
+  narrow_scalar(x, y, n);
+}
+
+// per-channel shifted sums of one channels_last row of C values
+template <typename T>
+DC_INLINE void accumulate_row(const T* row_p, int64_t C, const double* off, double* a, double* b) {
+  DC_SIMD for (int64_t c = 0; c < C; ++c) {
+    const double v = static_cast<double>(row_p[c]) + off[c];
+    a[c] += v;
+    b[c] += v * v;
+  }
+}
+
+// The float/double loops on rows of storage type S: direct for float and double, chunk by chunk
+// through a widened buffer for the 16-bit types.
+template <typename S> void sums_s(const S* x, int64_t n, double e, double* s1, double* s2) {
+  if constexpr (kWide<S>) {
+    sums(x, n, e, s1, s2);
+  } else {
+    float buf[kChunk];
+    for (int64_t i = 0; i < n; i += kChunk) {
+      const int64_t m = std::min(kChunk, n - i);
+      widen(x + i, buf, m);
+      sums(buf, m, e, s1, s2);
+    }
+  }
+}
+template <typename S> void row_s(const S* x, S* y, int64_t n, acc_t<S> a, acc_t<S> b, bool s) {
+  if constexpr (kWide<S>) {
+    row(x, y, n, a, b, s);
+  } else {
+    float buf[kChunk];
+    for (int64_t i = 0; i < n; i += kChunk) {
+      const int64_t m = std::min(kChunk, n - i);
+      widen(x + i, buf, m);
+      row(buf, buf, m, a, b, s);
+      narrow(buf, y + i, m);
+    }
+  }
+}
+template <typename S> void row_cl_s(const S* x, S* y, int64_t C, const acc_t<S>* a, const acc_t<S>* b, bool s) {
+  if constexpr (kWide<S>) {
+    row_cl(x, y, C, a, b, s);
+  } else {
+    float buf[kChunk];
+    for (int64_t i = 0; i < C; i += kChunk) {
+      const int64_t m = std::min(kChunk, C - i);
+      widen(x + i, buf, m);
+      row_cl(buf, buf, m, a + i, b + i, s);
+      narrow(buf, y + i, m);
+    }
+  }
+}
+template <typename S> void accumulate_row_s(const S* x, int64_t C, const double* off, double* a, double* b) {
+  if constexpr (kWide<S>) {
+    accumulate_row(x, C, off, a, b);
+  } else {
+    float buf[kChunk];
+    for (int64_t i = 0; i < C; i += kChunk) {
+      const int64_t m = std::min(kChunk, C - i);
+      widen(x + i, buf, m);
+      accumulate_row(buf, m, off + i, a + i, b + i);
+    }
+  }
+}
+
+template <typename S> DC_INLINE double as_double(S v) { return static_cast<double>(static_cast<acc_t<S>>(v)); }
+
+// The op for storage S; statistics, parameters and per-channel coefficients in T = acc_t<S>.
+template <typename S>
+void group_norm_silu_impl(const at::Tensor& x, int64_t G, const c10::optional<at::Tensor>& weight,
+                          const c10::optional<at::Tensor>& bias, double eps, const c10::optional<at::Tensor>& emb,
+                          bool silu, bool cl, at::Tensor& y, at::Tensor& mean_t, at::Tensor& rstd_t) {
+  using T = acc_t<S>;
+  const int64_t N = x.size(0), C = x.size(1);
+  const int64_t HW = x.numel() / (N * C);
+  const int64_t Cg = C / G;
+  const S* xp = x.data_ptr<S>();
+  S* yp = y.data_ptr<S>();
+  const T* wp = weight.has_value() ? weight->data_ptr<T>() : nullptr;
+  const T* bp = bias.has_value() ? bias->data_ptr<T>() : nullptr;
+  const T* ep = emb.has_value() ? emb->data_ptr<T>() : nullptr;
+  T* mp = mean_t.data_ptr<T>();
+  T* rp = rstd_t.data_ptr<T>();
+  const double cnt = static_cast<double>(Cg * HW);
+  auto finish = [&](int64_t n, int64_t g, double s1, double s2, double shift) {
+    const double m = s1 / cnt;
+    double var = s2 / cnt - m * m;
+    var = var < 0 ? 0 : var;
+    mp[n * G + g] = static_cast<T>(m + shift);
+    rp[n * G + g] = static_cast<T>(1.0 / std::sqrt(var + eps));
+  };
+  auto coefs = [&](int64_t n, int64_t c, T* scale, T* shift) {
+    const int64_t g = c / Cg;
+    const double rstd = static_cast<double>(rp[n * G + g]), mean = static_cast<double>(mp[n * G + g]);
+    const double w = wp ? static_cast<double>(wp[c]) : 1.0, b = bp ? static_cast<double>(bp[c]) : 0.0;
+    const double e = ep ? static_cast<double>(ep[n * C + c]) : 0.0;
+    const double sc = rstd * w;
+    *scale = static_cast<T>(sc);
+    *shift = static_cast<T>(b + (e - mean) * sc);
+  };
+  if (!cl) {
+    at::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t ng = begin; ng < end; ++ng) {
+        const int64_t n = ng / G, g = ng % G;
+        const S* base = xp + (n * C + g * Cg) * HW;
+        const double shift = as_double(base[0]) + (ep ? static_cast<double>(ep[n * C + g * Cg]) : 0.0);
+        double s1 = 0, s2 = 0;
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+          const double e = ep ? static_cast<double>(ep[n * C + c]) : 0.0;
+          sums_s(xp + (n * C + c) * HW, HW, e - shift, &s1, &s2);
+        }
+        finish(n, g, s1, s2, shift);
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+          T scale, sh;
+          coefs(n, c, &scale, &sh);
+          row_s(xp + (n * C + c) * HW, yp + (n * C + c) * HW, HW, scale, sh, silu);
+        }
+      }
+    });
+  } else {
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      std::vector<double> shift(G), s1(G), s2(G), a(C), b(C), off(C);
+      std::vector<T> scale(C), sh(C);
+      for (int64_t n = begin; n < end; ++n) {
+        const S* base = xp + n * HW * C;
+        for (int64_t g = 0; g < G; ++g) {
+          shift[g] = as_double(base[g * Cg]) + (ep ? static_cast<double>(ep[n * C + g * Cg]) : 0.0);
+          s1[g] = s2[g] = 0;
+        }
+        std::fill(a.begin(), a.end(), 0.0);
+        std::fill(b.begin(), b.end(), 0.0);
+        // per-channel shifted sums (shift of the channel's group), rows of C values
+        for (int64_t c = 0; c < C; ++c) off[c] = (ep ? static_cast<double>(ep[n * C + c]) : 0.0) - shift[c / Cg];
+        for (int64_t r = 0; r < HW; ++r) accumulate_row_s(base + r * C, C, off.data(), a.data(), b.data());
+        for (int64_t c = 0; c < C; ++c) {
+          s1[c / Cg] += a[c];
+          s2[c / Cg] += b[c];
+        }
+        for (int64_t g = 0; g < G; ++g) finish(n, g, s1[g], s2[g], shift[g]);
+        for (int64_t c = 0; c < C; ++c) coefs(n, c, &scale[c], &sh[c]);
+        for (int64_t r = 0; r < HW; ++r)
+          row_cl_s(base + r * C, yp + n * HW * C + r * C, C, scale.data(), sh.data(), silu);
+      }
+    });
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cpu(const at::Tensor& x, int64_t G,
                                                                    const c10::optional<at::Tensor>& weight,
                                                                    const c10::optional<at::Tensor>& bias, double eps,
                                                                    const c10::optional<at::Tensor>& emb, bool silu) {
   const bool cl = check_group_norm(x, G, weight, bias, eps, emb, c10::DeviceType::CPU, /*allow_channels_last=*/true);
-  const int64_t N = x.size(0), C = x.size(1);
-  const int64_t HW = (N > 0 && C > 0) ? x.numel() / (N * C) : 0;
-  const int64_t Cg = C / G;
+  const int64_t N = x.size(0);
   auto y = pooled_empty_like(x);
-  auto stat_opts = x.options();
+  auto stat_opts = x.options().dtype(group_norm_acc_type(x.scalar_type()));
   auto mean_t = at::empty({N, G}, stat_opts), rstd_t = at::empty({N, G}, stat_opts);
   if (x.numel() == 0) return {y, mean_t, rstd_t};
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::group_norm_silu", [&] {
-    using T = scalar_t;
-    const T* xp = x.data_ptr<T>();
-    T* yp = y.data_ptr<T>();
-    const T* wp = weight.has_value() ? weight->data_ptr<T>() : nullptr;
-    const T* bp = bias.has_value() ? bias->data_ptr<T>() : nullptr;
-    const T* ep = emb.has_value() ? emb->data_ptr<T>() : nullptr;
-    T* mp = mean_t.data_ptr<T>();
-    T* rp = rstd_t.data_ptr<T>();
-    const double cnt = static_cast<double>(Cg * HW);
-    auto finish = [&](int64_t n, int64_t g, double s1, double s2, double shift) {
-      const double m = s1 / cnt;
-      double var = s2 / cnt - m * m;
-      var = var < 0 ? 0 : var;
-      mp[n * G + g] = static_cast<T>(m + shift);
-      rp[n * G + g] = static_cast<T>(1.0 / std::sqrt(var + eps));
-    };
-    auto coefs = [&](int64_t n, int64_t c, T* scale, T* shift) {
-      const int64_t g = c / Cg;
-      const double rstd = static_cast<double>(rp[n * G + g]), mean = static_cast<double>(mp[n * G + g]);
-      const double w = wp ? static_cast<double>(wp[c]) : 1.0, b = bp ? static_cast<double>(bp[c]) : 0.0;
-      const double e = ep ? static_cast<double>(ep[n * C + c]) : 0.0;
-      const double sc = rstd * w;
-      *scale = static_cast<T>(sc);
-      *shift = static_cast<T>(b + (e - mean) * sc);
-    };
-    if (!cl) {
-      at::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t ng = begin; ng < end; ++ng) {
-          const int64_t n = ng / G, g = ng % G;
-          const T* base = xp + (n * C + g * Cg) * HW;
-          const double shift = static_cast<double>(base[0]) + (ep ? static_cast<double>(ep[n * C + g * Cg]) : 0.0);
-          double s1 = 0, s2 = 0;
-          for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
-            const double e = ep ? static_cast<double>(ep[n * C + c]) : 0.0;
-            sums(xp + (n * C + c) * HW, HW, e - shift, &s1, &s2);
-          }
-          finish(n, g, s1, s2, shift);
-          for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
-            T scale, sh;
-            coefs(n, c, &scale, &sh);
-            row(xp + (n * C + c) * HW, yp + (n * C + c) * HW, HW, scale, sh, silu);
-          }
-        }
-      });
-    } else {
-      at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-        std::vector<double> shift(G), s1(G), s2(G), a(C), b(C);
-        std::vector<T> scale(C), sh(C);
-        for (int64_t n = begin; n < end; ++n) {
-          const T* base = xp + n * HW * C;
-          for (int64_t g = 0; g < G; ++g) {
-            shift[g] = static_cast<double>(base[g * Cg]) + (ep ? static_cast<double>(ep[n * C + g * Cg]) : 0.0);
-            s1[g] = s2[g] = 0;
-          }
-          std::fill(a.begin(), a.end(), 0.0);
-          std::fill(b.begin(), b.end(), 0.0);
-          // per-channel shifted sums (shift of the channel's group), rows of C values
-          std::vector<double> off(C);
-          for (int64_t c = 0; c < C; ++c) off[c] = (ep ? static_cast<double>(ep[n * C + c]) : 0.0) - shift[c / Cg];
-          for (int64_t r = 0; r < HW; ++r) {
-            const T* row_p = base + r * C;
-            double* ap = a.data();
-            double* bq = b.data();
-            const double* op = off.data();
-            DC_SIMD for (int64_t c = 0; c < C; ++c) {
-              const double v = static_cast<double>(row_p[c]) + op[c];
-              ap[c] += v;
-              bq[c] += v * v;
-            }
-          }
-          for (int64_t c = 0; c < C; ++c) {
-            s1[c / Cg] += a[c];
-            s2[c / Cg] += b[c];
-          }
-          for (int64_t g = 0; g < G; ++g) finish(n, g, s1[g], s2[g], shift[g]);
-          for (int64_t c = 0; c < C; ++c) coefs(n, c, &scale[c], &sh[c]);
-          for (int64_t r = 0; r < HW; ++r) row_cl(base + r * C, yp + n * HW * C + r * C, C, scale.data(), sh.data(), silu);
-        }
-      });
-    }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "diffcore::group_norm_silu", [&] {
+    group_norm_silu_impl<scalar_t>(x, G, weight, bias, eps, emb, silu, cl, y, mean_t, rstd_t);
   });
   return {y, mean_t, rstd_t};
 }
