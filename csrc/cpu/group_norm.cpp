@@ -280,57 +280,34 @@ DC_INLINE void accumulate_row(const T* row_p, int64_t C, const double* off, doub
   }
 }
 
-// The float/double loops on rows of storage type S: direct for float and double, chunk by chunk
-// through a widened buffer for the 16-bit types.
-template <typename S> void sums_s(const S* x, int64_t n, double e, double* s1, double* s2) {
+// f(in, out, offset, m) over a row of n values of storage type S: once on the row itself for
+// float and double; for the 16-bit types on chunks of at most kChunk values widened into a float
+// buffer (f works in place there), narrowed back into y unless y is null (a reading pass).
+template <typename S, typename F> DC_INLINE void on_rows_as_float(const S* x, S* y, int64_t n, F&& f) {
   if constexpr (kWide<S>) {
-    sums(x, n, e, s1, s2);
+    f(x, y, int64_t{0}, n);
   } else {
     float buf[kChunk];
     for (int64_t i = 0; i < n; i += kChunk) {
       const int64_t m = std::min(kChunk, n - i);
       widen(x + i, buf, m);
-      sums(buf, m, e, s1, s2);
+      f(static_cast<const float*>(buf), buf, i, m);
+      if (y != nullptr) narrow(buf, y + i, m);
     }
   }
+}
+template <typename S> void sums_s(const S* x, int64_t n, double e, double* s1, double* s2) {
+  on_rows_as_float(x, static_cast<S*>(nullptr), n, [&](const auto* v, auto*, int64_t, int64_t m) { sums(v, m, e, s1, s2); });
 }
 template <typename S> void row_s(const S* x, S* y, int64_t n, acc_t<S> a, acc_t<S> b, bool s) {
-  if constexpr (kWide<S>) {
-    row(x, y, n, a, b, s);
-  } else {
-    float buf[kChunk];
-    for (int64_t i = 0; i < n; i += kChunk) {
-      const int64_t m = std::min(kChunk, n - i);
-      widen(x + i, buf, m);
-      row(buf, buf, m, a, b, s);
-      narrow(buf, y + i, m);
-    }
-  }
+  on_rows_as_float(x, y, n, [&](const auto* v, auto* w, int64_t, int64_t m) { row(v, w, m, a, b, s); });
 }
 template <typename S> void row_cl_s(const S* x, S* y, int64_t C, const acc_t<S>* a, const acc_t<S>* b, bool s) {
-  if constexpr (kWide<S>) {
-    row_cl(x, y, C, a, b, s);
-  } else {
-    float buf[kChunk];
-    for (int64_t i = 0; i < C; i += kChunk) {
-      const int64_t m = std::min(kChunk, C - i);
-      widen(x + i, buf, m);
-      row_cl(buf, buf, m, a + i, b + i, s);
-      narrow(buf, y + i, m);
-    }
-  }
+  on_rows_as_float(x, y, C, [&](const auto* v, auto* w, int64_t i, int64_t m) { row_cl(v, w, m, a + i, b + i, s); });
 }
 template <typename S> void accumulate_row_s(const S* x, int64_t C, const double* off, double* a, double* b) {
-  if constexpr (kWide<S>) {
-    accumulate_row(x, C, off, a, b);
-  } else {
-    float buf[kChunk];
-    for (int64_t i = 0; i < C; i += kChunk) {
-      const int64_t m = std::min(kChunk, C - i);
-      widen(x + i, buf, m);
-      accumulate_row(buf, m, off + i, a + i, b + i);
-    }
-  }
+  on_rows_as_float(x, static_cast<S*>(nullptr), C,
+                   [&](const auto* v, auto*, int64_t i, int64_t m) { accumulate_row(v, m, off + i, a + i, b + i); });
 }
 
 template <typename S> DC_INLINE double as_double(S v) { return static_cast<double>(static_cast<acc_t<S>>(v)); }
