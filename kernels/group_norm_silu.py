@@ -42,6 +42,32 @@ def _offsets(base, ch, ss, C, S, CHANNELS_LAST: tl.constexpr):
 
 
 @triton.jit
+def _program(C, S, G, CG, S_PER_SPLIT):
+    """This program's (pid = n * G + g, split, n, base offset of sample n, its positions
+    s_lo .. s_hi, its group's first channel)."""
+    pid = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    n = pid // G
+    s_lo = split * S_PER_SPLIT
+    return pid, split, n, n * C * S, s_lo, tl.minimum(S, s_lo + S_PER_SPLIT), (pid % G) * CG
+
+
+@triton.jit
+def _channels(c0, c_first, CG, BLOCK_C: tl.constexpr):
+    """(cmask, ch): channels c_first + c0 .. + BLOCK_C of a group of CG, and which exist."""
+    cc = c0 + tl.arange(0, BLOCK_C)
+    return cc < CG, c_first + cc
+
+
+@triton.jit
+def _tile(base, ch, cmask, s0, s_hi, C, S, CHANNELS_LAST: tl.constexpr, BLOCK_S: tl.constexpr):
+    """(mask, offsets) of the [BLOCK_C, BLOCK_S] tile of channels ch at positions s0 .. s_hi."""
+    ss = s0 + tl.arange(0, BLOCK_S)
+    mask = cmask[:, None] & (ss < s_hi)[None, :]
+    return mask, _offsets(base, ch, ss, C, S, CHANNELS_LAST)
+
+
+@triton.jit
 def _channel_params(W_ptr, B_ptr, EMB_ptr, n, C, ch, cmask,
                     HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_EMB: tl.constexpr,
                     ACC: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -80,29 +106,19 @@ def _gn_fwd_kernel(
     SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr, ACC: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)          # n * G + g
-    split = tl.program_id(1)
-    n = pid // G
-    g = pid % G
-    base = n * C * S
-    s_lo = split * S_PER_SPLIT
-    s_hi = tl.minimum(S, s_lo + S_PER_SPLIT)
-    c_first = g * CG
+    pid, split, n, base, s_lo, s_hi, c_first = _program(C, S, G, CG, S_PER_SPLIT)
 
     if STATS:
         cnt = tl.full([], 0.0, ACC)
         mean = tl.full([], 0.0, ACC)
         m2 = tl.full([], 0.0, ACC)
         for c0 in range(0, CG, BLOCK_C):
-            cc = c0 + tl.arange(0, BLOCK_C)
-            cmask = cc < CG
-            ch = c_first + cc
+            cmask, ch = _channels(c0, c_first, CG, BLOCK_C)
             if HAS_EMB:
                 e = tl.load(EMB_ptr + n * C + ch, mask=cmask, other=0.0).to(ACC)
             for s0 in range(s_lo, s_hi, BLOCK_S):
-                ss = s0 + tl.arange(0, BLOCK_S)
-                mask = cmask[:, None] & (ss < s_hi)[None, :]
-                h = tl.load(X_ptr + _offsets(base, ch, ss, C, S, CHANNELS_LAST), mask=mask, other=0.0).to(ACC)
+                mask, off = _tile(base, ch, cmask, s0, s_hi, C, S, CHANNELS_LAST, BLOCK_S)
+                h = tl.load(X_ptr + off, mask=mask, other=0.0).to(ACC)
                 if HAS_EMB:
                     h = h + e[:, None]
                 nb = tl.sum(tl.sum(mask.to(ACC), axis=1), axis=0)
@@ -138,9 +154,7 @@ def _gn_fwd_kernel(
             tl.store(MEAN_ptr + pid, mean)
             tl.store(RSTD_ptr + pid, rstd)
         for c0 in range(0, CG, BLOCK_C):
-            cc = c0 + tl.arange(0, BLOCK_C)
-            cmask = cc < CG
-            ch = c_first + cc
+            cmask, ch = _channels(c0, c_first, CG, BLOCK_C)
             w, bb, e = _channel_params(W_ptr, B_ptr, EMB_ptr, n, C, ch, cmask, HAS_W, HAS_B, HAS_EMB, ACC, BLOCK_C)
             scale = w * rstd
             # (h - mean) first: a one-element group gives exactly the bias, as in float64
@@ -148,9 +162,7 @@ def _gn_fwd_kernel(
             if HAS_EMB:
                 shift = shift + e
             for s0 in range(s_lo, s_hi, BLOCK_S):
-                ss = s0 + tl.arange(0, BLOCK_S)
-                mask = cmask[:, None] & (ss < s_hi)[None, :]
-                off = _offsets(base, ch, ss, C, S, CHANNELS_LAST)
+                mask, off = _tile(base, ch, cmask, s0, s_hi, C, S, CHANNELS_LAST, BLOCK_S)
                 x = tl.load(X_ptr + off, mask=mask, other=0.0).to(ACC)
                 a = (x + shift[:, None]) * scale[:, None] + bb[:, None]
                 if SILU:
@@ -194,14 +206,7 @@ def _gn_bwd_kernel(
 ):
     # dy' = dy * SiLU'(a) with a = xhat w + b; dxhat = dy' w;
     # dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) over the group.
-    pid = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1)
-    n = pid // G
-    g = pid % G
-    base = n * C * S
-    s_lo = split * S_PER_SPLIT
-    s_hi = tl.minimum(S, s_lo + S_PER_SPLIT)
-    c_first = g * CG
+    pid, split, n, base, s_lo, s_hi, c_first = _program(C, S, G, CG, S_PER_SPLIT)
     mean = tl.load(MEAN_ptr + pid).to(ACC)
     rstd = tl.load(RSTD_ptr + pid).to(ACC)
     chan = (split * N + n) * C  # row of this (split, sample) in the [SPLIT, N, C] partials
@@ -210,16 +215,12 @@ def _gn_bwd_kernel(
         s1 = tl.full([], 0.0, ACC)
         s2 = tl.full([], 0.0, ACC)
         for c0 in range(0, CG, BLOCK_C):
-            cc = c0 + tl.arange(0, BLOCK_C)
-            cmask = cc < CG
-            ch = c_first + cc
+            cmask, ch = _channels(c0, c_first, CG, BLOCK_C)
             w, bb, e = _channel_params(W_ptr, B_ptr, EMB_ptr, n, C, ch, cmask, HAS_W, HAS_B, HAS_EMB, ACC, BLOCK_C)
             dw_c = tl.zeros([BLOCK_C], ACC)
             db_c = tl.zeros([BLOCK_C], ACC)
             for s0 in range(s_lo, s_hi, BLOCK_S):
-                ss = s0 + tl.arange(0, BLOCK_S)
-                mask = cmask[:, None] & (ss < s_hi)[None, :]
-                off = _offsets(base, ch, ss, C, S, CHANNELS_LAST)
+                mask, off = _tile(base, ch, cmask, s0, s_hi, C, S, CHANNELS_LAST, BLOCK_S)
                 xhat, dy = _xhat_dy(X_ptr, DY_ptr, off, mask, w, bb, e, mean, rstd, HAS_EMB, SILU, ACC)
                 dy = tl.where(mask, dy, 0.0)
                 dxhat = dy * w[:, None]
@@ -243,15 +244,11 @@ def _gn_bwd_kernel(
         m1 = s1 * inv_cnt
         m2 = s2 * inv_cnt
         for c0 in range(0, CG, BLOCK_C):
-            cc = c0 + tl.arange(0, BLOCK_C)
-            cmask = cc < CG
-            ch = c_first + cc
+            cmask, ch = _channels(c0, c_first, CG, BLOCK_C)
             w, bb, e = _channel_params(W_ptr, B_ptr, EMB_ptr, n, C, ch, cmask, HAS_W, HAS_B, HAS_EMB, ACC, BLOCK_C)
             de_c = tl.zeros([BLOCK_C], ACC)
             for s0 in range(s_lo, s_hi, BLOCK_S):
-                ss = s0 + tl.arange(0, BLOCK_S)
-                mask = cmask[:, None] & (ss < s_hi)[None, :]
-                off = _offsets(base, ch, ss, C, S, CHANNELS_LAST)
+                mask, off = _tile(base, ch, cmask, s0, s_hi, C, S, CHANNELS_LAST, BLOCK_S)
                 xhat, dy = _xhat_dy(X_ptr, DY_ptr, off, mask, w, bb, e, mean, rstd, HAS_EMB, SILU, ACC)
                 dx = rstd * (dy * w[:, None] - m1 - xhat * m2)
                 dx = tl.where(mask, dx, 0.0)
