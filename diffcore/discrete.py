@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import parameterization as P
+from .device_cache import on_device
 from .validation import check_choice, check_finite, check_int
 
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
@@ -30,7 +31,7 @@ def _as_schedule(name: str, values) -> torch.Tensor:
 
 def gather(arr: torch.Tensor, idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """arr[idx] as x's dtype and device, shaped [B, 1, ...] to broadcast against x."""
-    return P.bcast(arr.to(x.device)[idx.to(x.device).long()].to(x.dtype), x)
+    return P.bcast(on_device(arr, x.device)[idx.to(x.device).long()].to(x.dtype), x)
 
 
 class NCSN:
@@ -127,7 +128,7 @@ class DDPM:
     def marginal_coeffs(self, t: torch.Tensor):
         """(m, s) of q(x_t | x_0) = N(m x_0, s^2 I) at integer t: (sqrt(abar_t), sqrt(1 - abar_t))."""
         idx = t.long()  # indexed on t's device: no host round trip per model call
-        return (self.sqrt_alphas_cumprod.to(t.device)[idx], self.sqrt_one_minus_alphas_cumprod.to(t.device)[idx])
+        return (on_device(self.sqrt_alphas_cumprod, t.device)[idx], on_device(self.sqrt_one_minus_alphas_cumprod, t.device)[idx])
 
     def q_sample(self, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""

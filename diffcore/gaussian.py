@@ -14,6 +14,7 @@ import torch
 
 from . import noise as _noise
 from .closed_form import per_sample_time
+from .device_cache import on_device
 from .sde import SDE
 from .validation import check_finite, check_int
 
@@ -89,11 +90,11 @@ class Gaussian:
         m, s = self._coeff("m", m, x), self._coeff("s", s, x)
         if (s < 0).any():
             raise ValueError("s must be >= 0")
-        U = self.eigvecs.to(x.device)
-        var = m * m * self.eigvals.to(x.device) + s * s                   # [B, D]
+        U = on_device(self.eigvecs, x.device)
+        var = m * m * on_device(self.eigvals, x.device) + s * s                   # [B, D]
         if not (var > 0).all():
             raise ValueError("m and s must not both be 0 (the noised covariance m^2 cov + s^2 I is singular)")
-        w = (flat - m * self.mean.to(x.device)) @ U                      # [B, D]
+        w = (flat - m * on_device(self.mean, x.device)) @ U                      # [B, D]
         return w, var
 
     def noised_log_prob(self, x, m, s) -> torch.Tensor:
@@ -108,7 +109,7 @@ class Gaussian:
     def noised_score(self, x, m, s) -> torch.Tensor:
         """grad_x log N(x; m mean, m^2 cov + s^2 I), shaped and typed like x."""
         w, var = self._noised(x, m, s)
-        score = -(w / var) @ self.eigvecs.to(x.device).T
+        score = -(w / var) @ on_device(self.eigvecs, x.device).T
         return score.reshape(x.shape).to(x.dtype).contiguous()
 
     def score(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ import math
 import torch
 
 from . import parameterization as P
+from .device_cache import on_device
 from .discrete import DDPM, NCSN, gather
 from .sde import SDE
 from .validation import check_choice, check_finite, check_int
@@ -106,7 +107,7 @@ def _ddpm_draws(ddpm: DDPM, x0, t, noise, generator):
 def ddpm_simple_loss(model, ddpm: DDPM, x0, t=None, noise=None, generator=None) -> torch.Tensor:
     """L_simple = mean over dimensions of (eps - eps_theta(x_t, t))^2 (Ho et al. eq. 14)."""
     t, z, xt = _ddpm_draws(ddpm, x0, t, noise, generator)
-    eps, _ = ddpm.split_output(model(xt, ddpm.timestep_map.to(t.device)[t]), xt)
+    eps, _ = ddpm.split_output(model(xt, on_device(ddpm.timestep_map, t.device)[t]), xt)
     return _mean_flat((z - eps) ** 2)
 
 
@@ -165,7 +166,7 @@ def ddpm_hybrid_loss(model, ddpm: DDPM, x0, t=None, noise=None, generator=None,
     if ddpm.variance != "learned_range":
         raise ValueError(f"ddpm_hybrid_loss needs variance='learned_range'; got {ddpm.variance!r}")
     t, z, xt = _ddpm_draws(ddpm, x0, t, noise, generator)
-    out = model(xt, ddpm.timestep_map.to(t.device)[t])
+    out = model(xt, on_device(ddpm.timestep_map, t.device)[t])
     eps, v = ddpm.split_output(out, xt)
     frozen = torch.cat([eps.detach(), v], dim=1)
     vb = ddpm_vlb_terms(frozen, ddpm, x0, xt, t)

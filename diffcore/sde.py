@@ -12,6 +12,7 @@ import math
 import torch
 
 from . import parameterization as P
+from .device_cache import on_device
 from .discrete import DDPM, NCSN
 from .validation import check_batch_time, check_finite, check_int, check_positive
 
@@ -159,7 +160,7 @@ class VESDE(SDE):
     def adjacent_sigmas(self, t, like):
         """(sigma_i, sigma_{i-1}) of the SMLD chain at t's index; sigma_{-1} = 0."""
         idx = self.timestep_index(t)
-        sig = self.discrete_sigmas.to(t.device)
+        sig = on_device(self.discrete_sigmas, t.device)
         sigma = sig[idx].to(like.dtype)
         adjacent = torch.where(idx == 0, torch.zeros_like(sigma), sig[(idx - 1).clamp(min=0)].to(like.dtype))
         return sigma, adjacent
@@ -226,7 +227,7 @@ class VPSDE(SDE):
 
     def beta_at(self, t, like) -> torch.Tensor:
         """beta_i of the discrete chain at t's index, [B] in like's dtype."""
-        return self.discrete_betas.to(t.device)[self.timestep_index(t)].to(like.dtype)
+        return on_device(self.discrete_betas, t.device)[self.timestep_index(t)].to(like.dtype)
 
     def alpha_at(self, t, like) -> torch.Tensor:
         """alpha_i = 1 - beta_i (rounded from float64) at t's index, [B] in like's dtype."""
