@@ -7,6 +7,11 @@ import torch
 # collection: without a GPU, the kernels run under the interpreter, so set it before anything.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+else:
+    # float32 tests compare against float32/float64 references at float32 tolerances; cuDNN's
+    # default TF32 convolutions round inputs to 10 mantissa bits (about 1e-3 apart on a U-Net)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 import diffcore  # noqa: E402
 
