@@ -247,11 +247,17 @@ class _Graph:
 
 def _capture(plan, x, inp, n_draws, noise):
     global _warned_capture
+    if getattr(plan, "_capture_failed", False):   # one try per plan: every chunk would fail alike
+        return None
+    stream = torch.cuda.current_stream()
     try:
         return _Graph(plan, x, inp, n_draws)
     except Exception as e:  # an uncapturable model (host syncs, CPU ops): run eagerly
+        torch.cuda.set_stream(stream)   # a capture that fails in capture_end leaves its stream current
+        plan._capture_failed = True
+        cause = e.__context__ or e      # capture_end's error hides the op that broke the capture
         if not _warned_capture:
             _warned_capture = True
-            warnings.warn(f"diffcore: CUDA-graph capture failed ({type(e).__name__}: {e}); sampling eagerly",
-                          RuntimeWarning, stacklevel=4)
+            warnings.warn(f"diffcore: CUDA-graph capture failed ({type(cause).__name__}: {cause}); "
+                          "sampling eagerly", RuntimeWarning, stacklevel=4)
         return None

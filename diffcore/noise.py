@@ -71,7 +71,11 @@ def _words(seed: int, sample_idx: torch.Tensor, step: int, stream: int, numel: i
     c0 = torch.arange(groups, device=dev, dtype=torch.int64)[None, :]
     c1 = sample_idx.to(torch.int64)[:, None]
     key = (seed & _MASK32, (seed >> 32) & _MASK32)
-    w = philox4x32((c0, c1, torch.tensor(step, device=dev), torch.tensor(stream, device=dev)), key)
+    # torch.full, not torch.tensor: a fill on the device, where torch.tensor is a blocking copy
+    # from the host (one stall per draw in a CUDA-graph replay loop)
+    step_t = torch.full((), step, dtype=torch.int64, device=dev)
+    stream_t = torch.full((), stream, dtype=torch.int64, device=dev)
+    w = philox4x32((c0, c1, step_t, stream_t), key)
     return torch.stack(w, dim=-1)
 
 

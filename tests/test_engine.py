@@ -243,3 +243,31 @@ def _reshaping(flat_model):
     def model(x, t):  # a 6-dim mixture seen as [B, 2, 3] samples
         return flat_model(x.flatten(1), t).view_as(x)
     return model
+
+
+def test_failed_capture_restores_the_stream_warns_once_and_is_not_retried(monkeypatch):
+    """Without a GPU: _Graph raises the way torch's capture_end does (its own error, the op that
+    broke the capture as __context__); the stream current before is made current again."""
+    from diffcore import engine
+    calls, streams = [], []
+
+    def broken_graph(*a):
+        calls.append(1)
+        try:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        except RuntimeError:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+    monkeypatch.setattr(engine, "_Graph", broken_graph)
+    monkeypatch.setattr(engine, "_warned_capture", False)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: "the caller's stream")
+    monkeypatch.setattr(torch.cuda, "set_stream", streams.append)
+
+    class Plan:
+        pass
+    plan = Plan()
+    with pytest.warns(RuntimeWarning, match="operation not permitted when stream is capturing"):
+        assert engine._capture(plan, None, None, 0, None) is None
+    assert streams == ["the caller's stream"] and plan._capture_failed
+    assert engine._capture(plan, None, None, 0, None) is None   # not tried again for this plan
+    assert len(calls) == 1
