@@ -8,7 +8,8 @@
 #     trajectory integrator with the float64 reference (the CPU tests run too);
 #  3. times a few CUDA paths against plain torch on the same GPU (native_gpu_timings.json).
 # Logs: OUTDIR/native_build.log, native_tests.log (+ native_tests.xml), native_timings.log,
-# and a one-line summary per stage in OUTDIR/native_summary.txt. About 4 minutes.
+# and a one-line summary per stage in OUTDIR/native_summary.txt. About 4 minutes; the stages'
+# limits: NATIVE_BUILD_S (330), NATIVE_TESTS_S (200), NATIVE_TIMINGS_S (90) seconds.
 set -uo pipefail
 out="${1:?usage: bash benchmarks/gpu_native_part.sh OUTDIR}"
 mkdir -p "$out"
@@ -29,7 +30,7 @@ note() { echo "$*" | tee -a "$summary"; }
 
 # 1. build (JIT: no pip, no build isolation, no network)
 t0=$(date +%s)
-timeout 330 "$py" - > "$out/native_build.log" 2>&1 <<'EOF'
+timeout "${NATIVE_BUILD_S:-330}" "$py" - > "$out/native_build.log" 2>&1 <<'EOF'
 import torch
 import diffcore.native as n
 print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))
@@ -48,14 +49,14 @@ fi
 t0=$(date +%s)
 workers=()
 "$py" -c "import xdist" 2>/dev/null && workers=(-n 4)
-timeout 200 "$py" -m pytest -q -rs "${workers[@]}" -p no:cacheprovider tests/test_native_*.py \
+timeout "${NATIVE_TESTS_S:-200}" "$py" -m pytest -q -rs "${workers[@]}" -p no:cacheprovider tests/test_native_*.py \
     --junitxml="$out/native_tests.xml" > "$out/native_tests.log" 2>&1
 rc_tests=$?
 note "tests: rc=$rc_tests in $(( $(date +%s) - t0 ))s: $(tail -1 "$out/native_tests.log")"
 
 # 3. CUDA timings (medians of 5 after warm-up, torch baselines on the same GPU)
 t0=$(date +%s)
-timeout 90 "$py" - "$out/native_gpu_timings.json" > "$out/native_timings.log" 2>&1 <<'EOF'
+timeout "${NATIVE_TIMINGS_S:-90}" "$py" - "$out/native_gpu_timings.json" > "$out/native_timings.log" 2>&1 <<'EOF'
 import json, statistics, sys, time
 import torch
 import diffcore

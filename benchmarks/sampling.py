@@ -105,6 +105,9 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--precisions", default=None, help="comma list (default: fp32,bf16 on CPU; +fp16 on CUDA)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile contender")
+    ap.add_argument("--compile-only", action="store_true",
+                    help="only the torch.compile contests (no equality check, no eager contests): a separate "
+                         "results file, for a second, later run")
     a = ap.parse_args()
     logging.getLogger("diffusers").setLevel(logging.ERROR)
     if a.threads:
@@ -122,17 +125,19 @@ def main():
 
     unet = cifar_unet().to(a.device)
     rows, ratios = [], {}
-    name = "sampling" + ("_cuda" if cuda else "") + ("_quick" if a.quick else "")
+    name = "sampling" + ("_cuda" if cuda else "") + ("_compile" if a.compile_only else "") + ("_quick" if a.quick else "")
 
     # equality first: fp32 diffcore vs diffusers' loop with the same noise (on CUDA without TF32,
     # which cuDNN uses for fp32 convolutions by default and which rounds inputs to 10 mantissa bits)
-    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    ours = diffcore_runner(unet, steps, batch, "fp32", a.device)()
-    ref = diffusers_ddpm_loop(unet, scheduler(), steps, seed=0, n=batch, shape=SHAPE, device=a.device)
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
-    max_diff = (ours - ref).abs().max().item()
-    print(f"fp32 samples: max |diffcore - diffusers loop with the same noise| = {max_diff:.2e}")
+    max_diff = float("nan")
+    if not a.compile_only:
+        tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        ours = diffcore_runner(unet, steps, batch, "fp32", a.device)()
+        ref = diffusers_ddpm_loop(unet, scheduler(), steps, seed=0, n=batch, shape=SHAPE, device=a.device)
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+        max_diff = (ours - ref).abs().max().item()
+        print(f"fp32 samples: max |diffcore - diffusers loop with the same noise| = {max_diff:.2e}")
 
     def contest(prec, fns, label="diffcore"):
         """Time fns side by side; record rows (diffcore's under `label`) and diffcore's ratio to the others."""
@@ -144,11 +149,12 @@ def main():
             if k != "diffcore":
                 ratios[f"{prec} diffcore vs {k}"] = round(med[k] / med["diffcore"], 3)
         print_table([r for r in rows if r["precision"] == prec])
-        write_results(name, rows, {**ratios, "fp32 max abs diff vs diffusers loop": max_diff})  # kept if a later run dies
+        write_results(name, rows, {**ratios, **({} if a.compile_only else
+                                                {"fp32 max abs diff vs diffusers loop": max_diff})})  # kept if a later run dies
 
     # eager contenders for every precision first, then the compiled ones (compiling, max-autotune on
     # CUDA, takes minutes: its figures come last so that a time limit cannot take the others)
-    for prec in precisions:
+    for prec in ([] if a.compile_only else precisions):
         contest(prec, {"diffusers": diffusers_runner(unet if prec != "fp16" else copy.deepcopy(unet).half(), steps,
                                                      batch, prec, a.device),
                        "diffcore": diffcore_runner(unet, steps, batch, prec, a.device)})
@@ -163,7 +169,8 @@ def main():
     if fp32 and bf16:
         ratios["bf16 diffcore vs fp32 diffusers"] = round(fp32["diffusers"] / bf16["diffcore"], 3)
     ratios = {k: v for k, v in ratios.items() if v is not None}
-    ratios["fp32 max abs diff vs diffusers loop"] = max_diff
+    if not a.compile_only:
+        ratios["fp32 max abs diff vs diffusers loop"] = max_diff
     print_table(rows)
     for k, v in ratios.items():
         print(f"{k}: {v}")

@@ -1,9 +1,12 @@
 // CUDA implementations of the diffcore:: ops: the same argument checks as the CPU ones
 // (csrc/common.h), then the launchers of csrc/cuda/kernels.cu on the current stream.
 // Compiled only in CUDA builds (setup.py / diffcore.native add it with DIFFCORE_WITH_CUDA).
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include <limits>
 
 #include "../common.h"
 #include "../gmm_checks.h"
@@ -31,6 +34,7 @@ at::Tensor philox_normal_cuda(int64_t seed, const at::Tensor& idx, int64_t step,
   auto out = at::empty({idx.size(0), numel}, idx.options().dtype(at::kFloat));
   cuda::philox_normal(static_cast<uint64_t>(seed), idx.data_ptr<int64_t>(), idx.size(0), static_cast<uint32_t>(step),
                       static_cast<uint32_t>(stream), numel, out.data_ptr<float>(), stream_of(idx));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();   // a failed launch reported here, not at a later sync
   return out;
 }
 
@@ -40,6 +44,7 @@ at::Tensor philox_uniform_cuda(int64_t seed, const at::Tensor& idx, int64_t step
   auto out = at::empty({idx.size(0), numel}, idx.options().dtype(at::kDouble));
   cuda::philox_uniform(static_cast<uint64_t>(seed), idx.data_ptr<int64_t>(), idx.size(0), static_cast<uint32_t>(step),
                        static_cast<uint32_t>(stream), numel, out.data_ptr<double>(), stream_of(idx));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();   // a failed launch reported here, not at a later sync
   return out;
 }
 
@@ -56,6 +61,7 @@ std::tuple<at::Tensor, at::Tensor> affine_step_cuda(const at::Tensor& x, const a
                                 noise_args(z, idx, seed, step, stream), out.data_ptr<scalar_t>(),
                                 mean.data_ptr<scalar_t>(), B, E, stream_of(x));
   });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();   // a failed launch reported here, not at a later sync
   return {out, mean};
 }
 
@@ -69,6 +75,7 @@ at::Tensor heun_step_cuda(const at::Tensor& x, const at::Tensor& s1, const at::T
                               s2.data_ptr<scalar_t>(), cp(a), cp(b), cp(c), cp(d), out.data_ptr<scalar_t>(), x.size(0),
                               per_sample(x), stream_of(x));
   });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();   // a failed launch reported here, not at a later sync
   return out;
 }
 
@@ -88,6 +95,7 @@ void launch_ddpm_step(const at::Tensor& x, const at::Tensor& eps, const at::Tens
                               noise_args(z, idx, seed, step, stream), out.data_ptr<scalar_t>(), opt(mean), opt(x0),
                               x.size(0), per_sample(x), stream_of(x));
   });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();   // a failed launch reported here, not at a later sync
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ddpm_step_cuda(
@@ -127,6 +135,7 @@ std::tuple<at::Tensor, at::Tensor> ddim_step_cuda(const at::Tensor& x, const at:
                               clip, noise_args(z, idx, seed, step, stream), out.data_ptr<scalar_t>(),
                               x0.data_ptr<scalar_t>(), x.size(0), per_sample(x), stream_of(x));
   });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();   // a failed launch reported here, not at a later sync
   return {out, x0};
 }
 
@@ -145,6 +154,7 @@ std::tuple<at::Tensor, at::Tensor> langevin_step_cuda(const at::Tensor& x, const
                                   out.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), x.size(0), per_sample(x),
                                   stream_of(x));
   });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();   // a failed launch reported here, not at a later sync
   return {out, mean};
 }
 
@@ -156,6 +166,7 @@ at::Tensor residual_add_cuda(const at::Tensor& skip, const at::Tensor& h, double
     cuda::residual_add<scalar_t>(skip.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), scale, out.data_ptr<scalar_t>(),
                                  h.numel(), stream_of(h));
   });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();   // a failed launch reported here, not at a later sync
   return out;
 }
 
@@ -176,7 +187,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cuda(const at::Te
                              emb.has_value() ? emb->data_ptr<T>() : nullptr, eps, silu, y.data_ptr<T>(),
                              mean.data_ptr<T>(), rstd.data_ptr<T>(), N, C, HW, G, stream_of(x));
   });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();   // a failed launch reported here, not at a later sync
   return {y, mean, rstd};
+}
+
+// The mixture integrators index their scratch (rows x n, one thread per sample) with 32-bit
+// offsets on CUDA (on the CPU n is a chunk's size): refuse a batch whose scratch would overflow.
+at::Tensor gmm_scratch(const at::Tensor& x, int64_t K) {
+  const int64_t n = x.size(0), D = x.size(1);
+  const int64_t rows = cuda::scratch_rows(static_cast<int>(D), static_cast<int>(K));
+  TORCH_CHECK(rows * n <= std::numeric_limits<int32_t>::max(), "diffcore: on CUDA the mixture integrators take at most ",
+              std::numeric_limits<int32_t>::max() / rows, " samples at once for D = ", D, ", K = ", K, "; got n = ", n,
+              " (split the batch)");
+  return at::empty({rows * n}, x.options());
 }
 
 std::tuple<at::Tensor, at::Tensor> gmm_pc_cuda(const at::Tensor& x, const at::Tensor& idx, int64_t seed,
@@ -186,7 +209,7 @@ std::tuple<at::Tensor, at::Tensor> gmm_pc_cuda(const at::Tensor& x, const at::Te
   const int64_t n = x.size(0), D = x.size(1);
   c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty_like(x), mean = at::empty_like(x);
-  auto scratch = at::empty({cuda::scratch_rows(static_cast<int>(D), static_cast<int>(K)) * n}, x.options());
+  auto scratch = gmm_scratch(x, K);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::gmm_pc", [&] {
     using T = scalar_t;
     cuda::gmm_pc<T>(x.data_ptr<T>(), idx.data_ptr<int64_t>(), static_cast<uint64_t>(seed), cf.data_ptr<T>(),
@@ -194,6 +217,7 @@ std::tuple<at::Tensor, at::Tensor> gmm_pc_cuda(const at::Tensor& x, const at::Te
                     static_cast<int>(corrector_steps), predictor, snr, scratch.data_ptr<T>(), out.data_ptr<T>(),
                     mean.data_ptr<T>(), n, stream_of(x));
   });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();   // a failed launch reported here, not at a later sync
   return {out, mean};
 }
 
@@ -203,13 +227,14 @@ at::Tensor gmm_ode_cuda(const at::Tensor& x, const at::Tensor& cf, const at::Ten
   const int64_t n = x.size(0), D = x.size(1);
   c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty_like(x);
-  auto scratch = at::empty({cuda::scratch_rows(static_cast<int>(D), static_cast<int>(K)) * n}, x.options());
+  auto scratch = gmm_scratch(x, K);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::gmm_ode", [&] {
     using T = scalar_t;
     cuda::gmm_ode<T>(x.data_ptr<T>(), cf.data_ptr<T>(), coef.data_ptr<T>(), h.data_ptr<T>(), static_cast<int>(steps),
                      static_cast<int>(K), static_cast<int>(D), heun, scratch.data_ptr<T>(), out.data_ptr<T>(), n,
                      stream_of(x));
   });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();   // a failed launch reported here, not at a later sync
   return out;
 }
 
@@ -221,13 +246,14 @@ std::tuple<at::Tensor, at::Tensor> gmm_rk45_cuda(const at::Tensor& x, const at::
   c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty_like(x);
   auto nfe = at::empty({n}, x.options().dtype(at::kLong));
-  auto scratch = at::empty({cuda::scratch_rows(static_cast<int>(D), static_cast<int>(K)) * n}, x.options());
+  auto scratch = gmm_scratch(x, K);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "diffcore::gmm_rk45", [&] {
     using T = scalar_t;
     cuda::gmm_rk45<T>(x.data_ptr<T>(), means.data_ptr<T>(), vars.data_ptr<T>(), logw.data_ptr<T>(), static_cast<int>(K),
                       static_cast<int>(D), static_cast<int>(kind), p0, p1, t0, t1, rtol, atol, h0, max_steps,
                       scratch.data_ptr<T>(), out.data_ptr<T>(), nfe.data_ptr<int64_t>(), n, stream_of(x));
   });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();   // a failed launch reported here, not at a later sync
   return {out, nfe};
 }
 
