@@ -21,6 +21,9 @@ class AutocastModel(torch.nn.Module):
         dtype = PRECISIONS[self.precision]
         if dtype is None:
             return self.model(x, t)
-        with torch.autocast(x.device.type, dtype=dtype):
+        # no weight-cast cache while a CUDA graph is being captured (torch's advice for autocast
+        # under capture): each replay then casts the weights itself, inside the graph
+        capturing = x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+        with torch.autocast(x.device.type, dtype=dtype, cache_enabled=not capturing):
             out = self.model(x, t)
         return out.to(x.dtype)

@@ -43,27 +43,32 @@ void launch_groups(int64_t B, int64_t E, NoiseArgs nz, bool with_noise, F f, cud
   groups_kernel<T><<<blocks_for(total), kThreads, 0, st>>>(B, E, nz, with_noise, f);
 }
 
-__global__ void normal_kernel(uint64_t seed, const int64_t* idx, int64_t B, uint32_t step, uint32_t stream,
-                              int64_t numel, float* out) {
+// One Philox group (elements 4g .. 4g+3 of sample b) per thread: draw(address, g, v) fills v[4].
+template <typename T, typename Draw>
+__global__ void counter_kernel(uint64_t seed, const int64_t* idx, int64_t B, uint32_t step, uint32_t stream,
+                               int64_t numel, T* out, Draw draw) {
   const int64_t G = (numel + 3) / 4;
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (t >= B * G) return;
   const int64_t b = t / G, g = t % G;
-  const Float4 q = normal4(make_address(seed, static_cast<uint64_t>(idx[b]), step, stream), static_cast<uint32_t>(g));
-  const float qs[4] = {q.z0, q.z1, q.z2, q.z3};
-  for (int j = 0; j < 4 && 4 * g + j < numel; ++j) out[b * numel + 4 * g + j] = qs[j];
+  T v[4];
+  draw(make_address(seed, static_cast<uint64_t>(idx[b]), step, stream), static_cast<uint32_t>(g), v);
+  for (int j = 0; j < 4 && 4 * g + j < numel; ++j) out[b * numel + 4 * g + j] = v[j];
 }
 
-__global__ void uniform_kernel(uint64_t seed, const int64_t* idx, int64_t B, uint32_t step, uint32_t stream,
-                               int64_t numel, double* out) {
-  const int64_t G = (numel + 3) / 4;
-  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (t >= B * G) return;
-  const int64_t b = t / G, g = t % G;
-  const Words4 w = philox_words(make_address(seed, static_cast<uint64_t>(idx[b]), step, stream), static_cast<uint32_t>(g));
-  const uint32_t ws[4] = {w.w0, w.w1, w.w2, w.w3};
-  for (int j = 0; j < 4 && 4 * g + j < numel; ++j) out[b * numel + 4 * g + j] = uniform_double(ws[j]);
-}
+struct NormalDraw {
+  __device__ void operator()(NoiseAddress a, uint32_t g, float* v) const {
+    const Float4 q = normal4(a, g);
+    v[0] = q.z0, v[1] = q.z1, v[2] = q.z2, v[3] = q.z3;
+  }
+};
+
+struct UniformDraw {
+  __device__ void operator()(NoiseAddress a, uint32_t g, double* v) const {
+    const Words4 w = philox_words(a, g);
+    v[0] = uniform_double(w.w0), v[1] = uniform_double(w.w1), v[2] = uniform_double(w.w2), v[3] = uniform_double(w.w3);
+  }
+};
 
 // ---- step functors ----------------------------------------------------------------------------
 template <typename T>
@@ -304,13 +309,13 @@ int scratch_rows(int D, int K) { return make_rows(D, K).total(); }
 void philox_normal(uint64_t seed, const int64_t* idx, int64_t B, uint32_t step, uint32_t stream, int64_t numel,
                    float* out, cudaStream_t st) {
   const int64_t total = B * ((numel + 3) / 4);
-  if (total) normal_kernel<<<blocks_for(total), kThreads, 0, st>>>(seed, idx, B, step, stream, numel, out);
+  if (total) counter_kernel<<<blocks_for(total), kThreads, 0, st>>>(seed, idx, B, step, stream, numel, out, NormalDraw{});
 }
 
 void philox_uniform(uint64_t seed, const int64_t* idx, int64_t B, uint32_t step, uint32_t stream, int64_t numel,
                     double* out, cudaStream_t st) {
   const int64_t total = B * ((numel + 3) / 4);
-  if (total) uniform_kernel<<<blocks_for(total), kThreads, 0, st>>>(seed, idx, B, step, stream, numel, out);
+  if (total) counter_kernel<<<blocks_for(total), kThreads, 0, st>>>(seed, idx, B, step, stream, numel, out, UniformDraw{});
 }
 
 template <typename T>
