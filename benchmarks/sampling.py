@@ -166,7 +166,7 @@ def main():
         ratios["bf16 diffcore vs fp32 diffusers"] = None  # filled below when fp32 ran
     fp32 = {r["contender"]: r["median_s"] for r in rows if r["precision"] == "fp32"}
     bf16 = {r["contender"]: r["median_s"] for r in rows if r["precision"] == "bf16"}
-    if fp32 and bf16:
+    if "diffusers" in fp32 and "diffcore" in bf16:   # (not in --compile-only runs)
         ratios["bf16 diffcore vs fp32 diffusers"] = round(fp32["diffusers"] / bf16["diffcore"], 3)
     ratios = {k: v for k, v in ratios.items() if v is not None}
     if not a.compile_only:

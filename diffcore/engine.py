@@ -255,9 +255,11 @@ def _capture(plan, x, inp, n_draws, noise):
     except Exception as e:  # an uncapturable model (host syncs, CPU ops): run eagerly
         torch.cuda.set_stream(stream)   # a capture that fails in capture_end leaves its stream current
         plan._capture_failed = True
-        cause = e.__context__ or e      # capture_end's error hides the op that broke the capture
+        why = f"{type(e).__name__}: {e}"
+        if e.__context__ is not None:   # capture_end's error hides the op that broke the capture
+            why = f"{type(e.__context__).__name__}: {e.__context__}; then {why}"
         if not _warned_capture:
             _warned_capture = True
-            warnings.warn(f"diffcore: CUDA-graph capture failed ({type(cause).__name__}: {cause}); "
-                          "sampling eagerly", RuntimeWarning, stacklevel=4)
+            warnings.warn(f"diffcore: CUDA-graph capture failed ({why}); sampling eagerly",
+                          RuntimeWarning, stacklevel=4)
         return None

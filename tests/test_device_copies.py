@@ -52,3 +52,24 @@ def test_a_warm_step_makes_no_host_to_device_copy(method, make_process, opts):
         with HostToDevice() as seen:
             plan.step(x, inp, noises)
     assert seen.copies == [], seen.copies
+
+
+def test_cached_copy_follows_in_place_changes_and_works_under_autograd():
+    from diffcore.device_cache import _COPIES, on_device
+    table = torch.arange(4.0, dtype=torch.float64)
+    dev = torch.device("meta")
+    with torch.inference_mode():
+        first = on_device(table, dev)
+    assert on_device(table, dev) is first                 # reused
+    assert not first.is_inference()                       # made as a plain tensor under inference mode
+    table.mul_(2)                                         # an in-place change: copied again
+    assert on_device(table, dev) is not first
+    x = torch.ones(3, 4, dtype=torch.float64, device=dev, requires_grad=True)
+    (x * on_device(table, dev)).sum().backward()          # saved for backward without complaint
+    w = torch.ones(4, dtype=torch.float64, requires_grad=True)
+    assert on_device(w, dev).requires_grad and id(w) not in _COPIES   # grad tables: never cached
+    key = id(table)
+    del table, first
+    import gc
+    gc.collect()
+    assert key not in _COPIES                             # dropped with the table
