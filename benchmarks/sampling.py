@@ -162,13 +162,10 @@ def main():
         cu = torch.compile(copy.deepcopy(unet), mode="max-autotune" if cuda else None)
         contest(prec, {"diffusers+compile": diffusers_runner(cu, steps, batch, prec, a.device),
                        "diffcore": diffcore_runner(unet, steps, batch, prec, a.device)}, "diffcore (beside compile)")
-    if "bf16" in precisions:
-        ratios["bf16 diffcore vs fp32 diffusers"] = None  # filled below when fp32 ran
     fp32 = {r["contender"]: r["median_s"] for r in rows if r["precision"] == "fp32"}
     bf16 = {r["contender"]: r["median_s"] for r in rows if r["precision"] == "bf16"}
     if "diffusers" in fp32 and "diffcore" in bf16:   # (not in --compile-only runs)
         ratios["bf16 diffcore vs fp32 diffusers"] = round(fp32["diffusers"] / bf16["diffcore"], 3)
-    ratios = {k: v for k, v in ratios.items() if v is not None}
     if not a.compile_only:
         ratios["fp32 max abs diff vs diffusers loop"] = max_diff
     print_table(rows)

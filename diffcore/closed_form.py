@@ -84,8 +84,8 @@ class GaussianMixture:
         xt = self._flat(x).to(torch.float64).T                          # [D, B]
         m = torch.as_tensor(m, dtype=torch.float64, device=x.device).reshape(1, 1, -1)
         s = torch.as_tensor(s, dtype=torch.float64, device=x.device).reshape(1, 1, -1)
-        var = m * m * on_device(self.vars, x.device)[:, :, None] + s * s         # [K, D, B]
-        diff = xt[None] - m * on_device(self.means, x.device)[:, :, None]       # [K, D, B]
+        var = m * m * on_device(self.vars, x.device)[:, :, None] + s * s   # [K, D, B]
+        diff = xt[None] - m * on_device(self.means, x.device)[:, :, None]  # [K, D, B]
         scaled = diff / var
         logn = -0.5 * (diff * scaled + torch.log(2 * math.pi * var)).sum(1)  # [K, B]
         return logn + torch.log(on_device(self.weights, x.device))[:, None], scaled
@@ -178,7 +178,7 @@ class GaussianMixture:
             logw, _ = gm._noised(x, m.flatten(), s.flatten())             # [K, B]
             log_r = (logw - torch.logsumexp(logw, 0)).T                    # [B, K]
             xf = gm._flat(x).to(torch.float64)[:, None, :]                 # [B, 1, D]
-            v, mu = on_device(gm.vars, x.device), on_device(gm.means, x.device)            # [K, D]
+            v, mu = on_device(gm.vars, x.device), on_device(gm.means, x.device)  # [K, D]
             denom = s * s + m * m * v                                      # [B, K, D]
             post_mean = (s * s * mu + m * v * xf) / denom
             post_var = v * s * s / denom

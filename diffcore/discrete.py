@@ -128,7 +128,8 @@ class DDPM:
     def marginal_coeffs(self, t: torch.Tensor):
         """(m, s) of q(x_t | x_0) = N(m x_0, s^2 I) at integer t: (sqrt(abar_t), sqrt(1 - abar_t))."""
         idx = t.long()  # indexed on t's device: no host round trip per model call
-        return (on_device(self.sqrt_alphas_cumprod, t.device)[idx], on_device(self.sqrt_one_minus_alphas_cumprod, t.device)[idx])
+        return (on_device(self.sqrt_alphas_cumprod, t.device)[idx],
+                on_device(self.sqrt_one_minus_alphas_cumprod, t.device)[idx])
 
     def q_sample(self, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""

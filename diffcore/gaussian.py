@@ -91,10 +91,10 @@ class Gaussian:
         if (s < 0).any():
             raise ValueError("s must be >= 0")
         U = on_device(self.eigvecs, x.device)
-        var = m * m * on_device(self.eigvals, x.device) + s * s                   # [B, D]
+        var = m * m * on_device(self.eigvals, x.device) + s * s           # [B, D]
         if not (var > 0).all():
             raise ValueError("m and s must not both be 0 (the noised covariance m^2 cov + s^2 I is singular)")
-        w = (flat - m * on_device(self.mean, x.device)) @ U                      # [B, D]
+        w = (flat - m * on_device(self.mean, x.device)) @ U               # [B, D]
         return w, var
 
     def noised_log_prob(self, x, m, s) -> torch.Tensor:

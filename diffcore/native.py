@@ -229,8 +229,7 @@ def _register_fakes() -> None:
     def _(x, num_groups, weight, bias, eps, emb, silu):
         if x.dim() < 2:
             raise ValueError(f"diffcore: x must be [N, C, *spatial]; got shape {tuple(x.shape)}")
-        acc = torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype
-        stats = x.new_empty((x.shape[0], num_groups), dtype=acc)
+        stats = x.new_empty((x.shape[0], num_groups), dtype=_gn_acc(x.dtype))
         return torch.empty_like(x), stats, stats.clone()
 
     @reg("diffcore::gmm_pc")
@@ -277,6 +276,12 @@ _register_autograd()
 
 # ---- IMPLS: the op table's entries ------------------------------------------------------------
 _FLOATS = (torch.float32, torch.float64)
+_HALVES = (torch.bfloat16, torch.float16)   # CPU group_norm_silu: 16-bit storage, float32 arithmetic
+
+
+def _gn_acc(dtype: torch.dtype) -> torch.dtype:
+    """group_norm_silu's parameter and statistics dtype (csrc/common.h group_norm_acc_type)."""
+    return torch.float32 if dtype in _HALVES else dtype
 
 
 def _seed64(seed: int) -> int:
@@ -388,9 +393,6 @@ def residual_add(skip, h, scale=1.0):
     return _C.residual_add(skip.contiguous(), h.contiguous(), float(scale))
 
 
-_HALVES = (torch.bfloat16, torch.float16)   # CPU group_norm_silu: 16-bit storage, float32 arithmetic
-
-
 def group_norm_silu(x, num_groups, weight=None, bias=None, eps=1e-5, emb=None, silu=True):
     if not (x.dtype in _FLOATS or (x.dtype in _HALVES and x.device.type == "cpu")) \
             or x.device.type != "cpu" and not available(x.device):
@@ -400,8 +402,7 @@ def group_norm_silu(x, num_groups, weight=None, bias=None, eps=1e-5, emb=None, s
     elif not (x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
               or (x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d))):
         x = x.contiguous()
-    acc = torch.float32 if x.dtype in _HALVES else x.dtype   # the reference's parameter precision
-    p = [None if t is None else t.to(dtype=acc).contiguous() for t in (weight, bias, emb)]
+    p = [None if t is None else t.to(dtype=_gn_acc(x.dtype)).contiguous() for t in (weight, bias, emb)]
     return _C.group_norm_silu(x, int(num_groups), p[0], p[1], float(eps), p[2], bool(silu))[0]
 
 
