@@ -10,7 +10,8 @@
 (c) GroupNorm(32) + SiLU on (64, 128, 32, 32) fp32: native vs torch.compile of the same
     function vs eager, with GB/s and % of a copy of the same bytes measured in the run;
 (d) the same in bfloat16 (16-bit storage, float32 arithmetic), NCHW and channels_last (the
-    layout of an accelerated U-Net under bf16 autocast): native vs compile vs eager in bf16.
+    layout of an accelerated U-Net under bf16 autocast): native vs compile vs eager in bf16, and
+    vs the float32 round trip (diffcore.ops' reference, what 16-bit input ran before).
 
 Timings are medians over repeats interleaved across the contenders (each round times every
 contender once), after a warm-up; every contender runs with the same torch thread count.
@@ -174,6 +175,9 @@ def group_norm(repeats: int, rows: list, ratios: dict, quick: bool, dtype=torch.
     out = torch.empty_like(x)
     fns = {"native": lambda: native.group_norm_silu(x, 32, w, b, 1e-5, None, True),
            "compile": lambda: compiled(x, w, b), "eager": lambda: f(x, w, b), "copy": lambda: out.copy_(x)}
+    if dtype != torch.float32:   # what 16-bit input ran before the native 16-bit op: the float32 round trip
+        from diffcore.ops import group_norm_silu_reference
+        fns["reference"] = lambda: group_norm_silu_reference(x, 32, w, b, 1e-5, None, True)
     with torch.no_grad():
         err = (fns["native"]().double() - f(x.double(), w.double(), b.double())).abs().max().item()
         fns["compile"]()   # compile outside the timing
@@ -183,13 +187,17 @@ def group_norm(repeats: int, rows: list, ratios: dict, quick: bool, dtype=torch.
     tag = {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype] + (" channels_last" if channels_last else "")
     case = f"GroupNorm(32)+SiLU {tuple(shape)} {tag}"
     for k, name in (("native", "diffcore native"), ("compile", "torch.compile"), ("eager", "eager"),
-                    ("copy", "copy (same bytes)")):
+                    ("reference", "float32 round trip (the 16-bit path before)"), ("copy", "copy (same bytes)")):
+        if k not in t:
+            continue
         gbs = nbytes / t[k]["median_s"] / 1e9
         rows.append(row(case, name, t[k], GB_s=round(gbs, 1), pct_of_copy=round(100 * gbs / copy_gbs)))
     print(f"  GroupNorm+SiLU {tag} native max |err| vs float64: {err:.2e}")
     key = "gn_silu" if dtype == torch.float32 and not channels_last else "gn_silu_" + tag.replace(" ", "_")
     ratios[f"{key}_native_vs_compile"] = t["compile"]["median_s"] / t["native"]["median_s"]
     ratios[f"{key}_native_vs_eager"] = t["eager"]["median_s"] / t["native"]["median_s"]
+    if "reference" in t:
+        ratios[f"{key}_native_vs_float32_round_trip"] = t["reference"]["median_s"] / t["native"]["median_s"]
 
 
 def main() -> None:
