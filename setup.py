@@ -22,7 +22,8 @@ from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(ROOT, "csrc")
-CPU_SOURCES = ["csrc/register.cpp", "csrc/cpu/steps.cpp", "csrc/cpu/gmm.cpp", "csrc/cpu/group_norm.cpp"]
+CPU_SOURCES = ["csrc/register.cpp", "csrc/cpu/steps.cpp", "csrc/cpu/gmm.cpp", "csrc/cpu/group_norm.cpp",
+               "csrc/cpu/winograd.cpp"]
 CUDA_SOURCES = ["csrc/cuda/kernels.cu", "csrc/cuda/ops_cuda.cpp"]
 
 

@@ -67,7 +67,8 @@ def source_hash(root: str = CSRC) -> str | None:
 
 
 def cpu_sources(root: str = CSRC) -> list[str]:
-    return [os.path.join(root, p) for p in ("register.cpp", "cpu/steps.cpp", "cpu/gmm.cpp", "cpu/group_norm.cpp")]
+    return [os.path.join(root, p) for p in ("register.cpp", "cpu/steps.cpp", "cpu/gmm.cpp", "cpu/group_norm.cpp",
+                                            "cpu/winograd.cpp")]
 
 
 def cuda_sources(root: str = CSRC) -> list[str]:
@@ -231,6 +232,12 @@ def _register_fakes() -> None:
             raise ValueError(f"diffcore: x must be [N, C, *spatial]; got shape {tuple(x.shape)}")
         stats = x.new_empty((x.shape[0], num_groups), dtype=_gn_acc(x.dtype))
         return torch.empty_like(x), stats, stats.clone()
+
+    @reg("diffcore::conv3x3_winograd")
+    def _(x, u, bias, out_channels):
+        _need(x, "x", (4,))
+        B, _, H, W = x.shape
+        return x.new_empty((B, out_channels, H, W)).contiguous(memory_format=torch.channels_last)
 
     @reg("diffcore::gmm_pc")
     def _(x, sample_idx, seed, cf, coef, k, corrector_steps, predictor, snr):

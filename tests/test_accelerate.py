@@ -397,11 +397,12 @@ def test_diffcore_unet_is_reported_already_fused():
         before = net(x, t)
     sd = {k: v.clone() for k, v in net.state_dict().items()}
     out, rep = diffcore.accelerate(net, report=True)
-    assert out is net and not rep.swapped()
+    assert out is net and rep.swapped()
+    assert all(e.kind == "Conv2d" and "Winograd" in e.detail for e in rep.swapped())   # only its 3x3 convolutions
     assert any(e.action == "already fused" and "ResBlock" in e.detail for e in rep)
     assert any(e.name == "norm_out" and e.action == "already fused" for e in rep)
-    with torch.no_grad():
-        torch.testing.assert_close(net(x, t), before, atol=0, rtol=0)
+    with torch.no_grad():   # float32 tolerance: layers after the attention see channels_last input (Winograd)
+        torch.testing.assert_close(net(x, t), before)
     assert sd.keys() == net.state_dict().keys()
 
 

@@ -128,11 +128,16 @@ class CpuOutputPool final : public c10::Allocator {
   bool huge_ = true;
 };
 
+// An empty CPU tensor of these sizes and (dense) strides, its storage from the pool.
+inline at::Tensor pooled_empty_strided(at::IntArrayRef sizes, at::IntArrayRef strides, at::ScalarType dtype) {
+  return at::detail::empty_strided_generic(sizes, strides, &CpuOutputPool::get(),
+                                           c10::DispatchKeySet(c10::DispatchKey::CPU), dtype);
+}
+
 // empty_like(x) for a dense x (same sizes, strides and dtype), its storage from the pool.
 inline at::Tensor pooled_empty_like(const at::Tensor& x) {
   TORCH_CHECK(x.is_non_overlapping_and_dense(), "diffcore: internal: pooled_empty_like needs a dense tensor");
-  return at::detail::empty_strided_generic(x.sizes(), x.strides(), &CpuOutputPool::get(),
-                                           c10::DispatchKeySet(c10::DispatchKey::CPU), x.scalar_type());
+  return pooled_empty_strided(x.sizes(), x.strides(), x.scalar_type());
 }
 
 }  // namespace diffcore

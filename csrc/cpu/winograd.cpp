@@ -1,0 +1,325 @@
+// 3x3 convolution (stride 1, padding 1) by Winograd's F(2x2, 3x3) for CPU float32 inference on
+// channels_last tensors: the layer that is most of a U-Net's time on CPU. oneDNN has no
+// Winograd kernels for AVX2 machines; its direct convolution does 9 multiply-adds per output
+// pixel and input channel where F(2x2, 3x3) does 4 (16 per 2x2 output tile).
+//
+//   y = A^T [ (G g G^T) . (B^T d B) ] A  per 4x4 input tile d and 2x2 output tile,
+//
+// per block of 24 tiles, on one thread (blocks in parallel): the input tiles -> V[16][tiles][C]
+// (B^T d B, channel innermost, so each of a tile's 16 elements is a contiguous row of C), 16
+// GEMMs M[k] = V[k] U[k] on a 6 x 16 AVX2 register tile (U = G g G^T made once per weight by
+// diffcore.winograd.transform_weight, packed in 16-column panels), then M -> y (A^T m A + bias).
+// A block's V and M stay in L2 between the three steps; the transforms are adds over rows of C.
+// Rounding: within a few float32 ulps of the output's scale (tests/test_winograd.py).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../common.h"
+#include "noise_avx2.h"
+#include "pool.h"
+
+#define DC_INLINE inline __attribute__((always_inline))
+
+namespace diffcore {
+namespace {
+
+// B^T d B for channels [c, c + L) of one tile: p[k] (k = 4 * row + col) points at the tile's
+// input pixel rows (or a row of zeros outside the image); v[k] at the tile's rows of V.
+template <int L>
+DC_INLINE void input_tile(const float* const* p, float* const* v, int64_t c) {
+  float d[16][L], u[16][L];
+  for (int k = 0; k < 16; ++k)
+    for (int l = 0; l < L; ++l) d[k][l] = p[k][c + l];
+  for (int s = 0; s < 4; ++s)      // rows: B^T d
+    for (int l = 0; l < L; ++l) {
+      u[s][l] = d[s][l] - d[8 + s][l];
+      u[4 + s][l] = d[4 + s][l] + d[8 + s][l];
+      u[8 + s][l] = d[8 + s][l] - d[4 + s][l];
+      u[12 + s][l] = d[4 + s][l] - d[12 + s][l];
+    }
+  for (int r = 0; r < 4; ++r)      // columns: (B^T d) B
+    for (int l = 0; l < L; ++l) {
+      const float a = u[4 * r][l], b = u[4 * r + 1][l], e = u[4 * r + 2][l], f = u[4 * r + 3][l];
+      v[4 * r][c + l] = a - e;
+      v[4 * r + 1][c + l] = b + e;
+      v[4 * r + 2][c + l] = e - b;
+      v[4 * r + 3][c + l] = b - f;
+    }
+}
+
+// A^T m A + bias for channels [c, c + L) of one tile: m[k] the tile's rows of M, y[4] its
+// 2x2 output pixel rows (a scratch row for pixels outside an odd-sized image).
+template <int L>
+DC_INLINE void output_tile(const float* const* m, float* const* y, const float* bias, int64_t c) {
+  float a[4][L], b[4][L];
+  for (int s = 0; s < 4; ++s)      // rows: A^T m
+    for (int l = 0; l < L; ++l) {
+      const float m0 = m[s][c + l], m1 = m[4 + s][c + l], m2 = m[8 + s][c + l], m3 = m[12 + s][c + l];
+      a[s][l] = m0 + m1 + m2;
+      b[s][l] = m1 - m2 - m3;
+    }
+  for (int l = 0; l < L; ++l) {    // columns: (A^T m) A
+    const float z = bias ? bias[c + l] : 0.0f;
+    y[0][c + l] = a[0][l] + a[1][l] + a[2][l] + z;
+    y[1][c + l] = a[1][l] - a[2][l] - a[3][l] + z;
+    y[2][c + l] = b[0][l] + b[1][l] + b[2][l] + z;
+    y[3][c + l] = b[1][l] - b[2][l] - b[3][l] + z;
+  }
+}
+
+constexpr int kLanes = 8;   // one AVX2 vector of float32
+
+#ifdef DIFFCORE_HAVE_AVX2
+// The same two transforms on 8 channels with AVX2 (GCC's vectorisation of the templates above
+// spills the 16 x 8 tile to the stack): one output row of V at a time from the two input rows
+// it needs, so that a dozen registers suffice.
+#define DC_AVX2_FN inline __attribute__((always_inline, target("avx2,fma")))
+DC_AVX2_FN void input_tile_avx2(const float* const* p, float* const* v, int64_t c) {
+  for (int r = 0; r < 4; ++r) {
+    // row r of B^T d from input rows (first, second): d0 - d2, d1 + d2, d2 - d1, d1 - d3
+    static constexpr int first[4] = {0, 4, 8, 4}, second[4] = {8, 8, 4, 12};
+    __m256 u[4];
+    for (int s = 0; s < 4; ++s) {
+      const __m256 a = _mm256_loadu_ps(p[first[r] + s] + c), b = _mm256_loadu_ps(p[second[r] + s] + c);
+      u[s] = r == 1 ? _mm256_add_ps(a, b) : _mm256_sub_ps(a, b);
+    }
+    _mm256_storeu_ps(v[4 * r] + c, _mm256_sub_ps(u[0], u[2]));
+    _mm256_storeu_ps(v[4 * r + 1] + c, _mm256_add_ps(u[1], u[2]));
+    _mm256_storeu_ps(v[4 * r + 2] + c, _mm256_sub_ps(u[2], u[1]));
+    _mm256_storeu_ps(v[4 * r + 3] + c, _mm256_sub_ps(u[1], u[3]));
+  }
+}
+
+DC_AVX2_FN void output_tile_avx2(const float* const* m, float* const* y, const float* bias, int64_t c) {
+  __m256 a[4], b[4];
+  for (int s = 0; s < 4; ++s) {
+    const __m256 m0 = _mm256_loadu_ps(m[s] + c), m1 = _mm256_loadu_ps(m[4 + s] + c);
+    const __m256 m2 = _mm256_loadu_ps(m[8 + s] + c), m3 = _mm256_loadu_ps(m[12 + s] + c);
+    a[s] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
+    b[s] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
+  }
+  const __m256 z = bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
+  _mm256_storeu_ps(y[0] + c, _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), a[2]), z));
+  _mm256_storeu_ps(y[1] + c, _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(a[1], a[2]), a[3]), z));
+  _mm256_storeu_ps(y[2] + c, _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(b[0], b[1]), b[2]), z));
+  _mm256_storeu_ps(y[3] + c, _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(b[1], b[2]), b[3]), z));
+}
+
+__attribute__((target("avx2,fma"))) void input_rows_avx2(const float* const* p, float* const* v, int64_t C) {
+  int64_t c = 0;
+  for (; c + kLanes <= C; c += kLanes) input_tile_avx2(p, v, c);
+  for (; c < C; ++c) input_tile<1>(p, v, c);
+}
+
+__attribute__((target("avx2,fma"))) void output_rows_avx2(const float* const* m, float* const* y, const float* bias,
+                                                           int64_t K) {
+  int64_t c = 0;
+  for (; c + kLanes <= K; c += kLanes) output_tile_avx2(m, y, bias, c);
+  for (; c < K; ++c) output_tile<1>(m, y, bias, c);
+}
+#undef DC_AVX2_FN
+#endif
+
+struct Geometry {
+  int64_t B, C, H, W, K;     // batch, input channels, height, width, output channels
+  int64_t th, tw;            // tiles per column and per row
+};
+
+// Tile t's 16 input rows: pixel (2i - 1 + r, 2j - 1 + s) of image b, or the zero row.
+DC_INLINE void tile_inputs(const Geometry& g, const float* x, const float* zeros, int64_t t, const float** p) {
+  const int64_t b = t / (g.th * g.tw), i = t / g.tw % g.th, j = t % g.tw;
+  for (int r = 0; r < 4; ++r)
+    for (int s = 0; s < 4; ++s) {
+      const int64_t h = 2 * i - 1 + r, w = 2 * j - 1 + s;
+      p[4 * r + s] = (h >= 0 && h < g.H && w >= 0 && w < g.W) ? x + ((b * g.H + h) * g.W + w) * g.C : zeros;
+    }
+}
+
+DC_INLINE void tile_outputs(const Geometry& g, float* y, float* sink, int64_t t, float** q) {
+  const int64_t b = t / (g.th * g.tw), i = t / g.tw % g.th, j = t % g.tw;
+  for (int r = 0; r < 2; ++r)
+    for (int s = 0; s < 2; ++s) {
+      const int64_t h = 2 * i + r, w = 2 * j + s;
+      q[2 * r + s] = (h < g.H && w < g.W) ? y + ((b * g.H + h) * g.W + w) * g.K : sink;
+    }
+}
+
+// Tiles [t0, t1) into V (rows of n tiles per element: V[k][t - t0][c]).
+void input_pass(const Geometry& g, const float* x, const float* zeros, float* V, int64_t n, int64_t t0, int64_t t1,
+                bool avx2) {
+  const float* p[16];
+  float* v[16];
+  for (int64_t t = t0; t < t1; ++t) {
+    tile_inputs(g, x, zeros, t, p);
+    for (int k = 0; k < 16; ++k) v[k] = V + (k * n + (t - t0)) * g.C;
+#ifdef DIFFCORE_HAVE_AVX2
+    if (avx2) {
+      input_rows_avx2(p, v, g.C);
+      continue;
+    }
+#endif
+    int64_t c = 0;
+    for (; c + kLanes <= g.C; c += kLanes) input_tile<kLanes>(p, v, c);
+    for (; c < g.C; ++c) input_tile<1>(p, v, c);
+  }
+}
+
+void output_pass(const Geometry& g, const float* M, int64_t n, int64_t ldm, const float* bias, float* y, float* sink,
+                 int64_t t0, int64_t t1, bool avx2) {
+  const float* m[16];
+  float* q[4];
+  for (int64_t t = t0; t < t1; ++t) {
+    tile_outputs(g, y, sink, t, q);
+    for (int k = 0; k < 16; ++k) m[k] = M + (k * n + (t - t0)) * ldm;
+#ifdef DIFFCORE_HAVE_AVX2
+    if (avx2) {
+      output_rows_avx2(m, q, bias, g.K);
+      continue;
+    }
+#endif
+    int64_t c = 0;
+    for (; c + kLanes <= g.K; c += kLanes) output_tile<kLanes>(m, q, bias, c);
+    for (; c < g.K; ++c) output_tile<1>(m, q, bias, c);
+  }
+}
+
+// ---- the 16 GEMMs: M[k] = V[k] U[k], with U packed as [K / 16][C][16] per k ----------------
+// A 6 x 16 register tile: 12 accumulators, two 8-lane loads of U and six broadcasts of V per
+// input channel; V's rows are read in place (row stride C), U's panel stays in L1/L2 across the
+// row tiles of a block.
+constexpr int kMR = 6, kNR = 16;
+// Tiles per block, a multiple of kMR: V and M of a block stay in L2, U[k]'s 16-column panel in
+// L1 over the block's 4 row tiles (24 and 48 measured alike, 96 slower: CIFAR U-Net layers).
+constexpr int64_t kBlockTiles = 24;
+
+#ifdef DIFFCORE_HAVE_AVX2
+__attribute__((target("avx2,fma"))) void tile_6x16_avx2(const float* a, int64_t lda, const float* b, int64_t C,
+                                                         float* m, int64_t ldm) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
+         c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  const float *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda, *a4 = a + 4 * lda, *a5 = a + 5 * lda;
+  for (int64_t c = 0; c < C; ++c) {
+    const __m256 b0 = _mm256_loadu_ps(b + c * kNR), b1 = _mm256_loadu_ps(b + c * kNR + 8);
+    __m256 v = _mm256_broadcast_ss(a0 + c);
+    c00 = _mm256_fmadd_ps(v, b0, c00);
+    c01 = _mm256_fmadd_ps(v, b1, c01);
+    v = _mm256_broadcast_ss(a1 + c);
+    c10 = _mm256_fmadd_ps(v, b0, c10);
+    c11 = _mm256_fmadd_ps(v, b1, c11);
+    v = _mm256_broadcast_ss(a2 + c);
+    c20 = _mm256_fmadd_ps(v, b0, c20);
+    c21 = _mm256_fmadd_ps(v, b1, c21);
+    v = _mm256_broadcast_ss(a3 + c);
+    c30 = _mm256_fmadd_ps(v, b0, c30);
+    c31 = _mm256_fmadd_ps(v, b1, c31);
+    v = _mm256_broadcast_ss(a4 + c);
+    c40 = _mm256_fmadd_ps(v, b0, c40);
+    c41 = _mm256_fmadd_ps(v, b1, c41);
+    v = _mm256_broadcast_ss(a5 + c);
+    c50 = _mm256_fmadd_ps(v, b0, c50);
+    c51 = _mm256_fmadd_ps(v, b1, c51);
+  }
+  _mm256_storeu_ps(m, c00);
+  _mm256_storeu_ps(m + 8, c01);
+  _mm256_storeu_ps(m + ldm, c10);
+  _mm256_storeu_ps(m + ldm + 8, c11);
+  _mm256_storeu_ps(m + 2 * ldm, c20);
+  _mm256_storeu_ps(m + 2 * ldm + 8, c21);
+  _mm256_storeu_ps(m + 3 * ldm, c30);
+  _mm256_storeu_ps(m + 3 * ldm + 8, c31);
+  _mm256_storeu_ps(m + 4 * ldm, c40);
+  _mm256_storeu_ps(m + 4 * ldm + 8, c41);
+  _mm256_storeu_ps(m + 5 * ldm, c50);
+  _mm256_storeu_ps(m + 5 * ldm + 8, c51);
+}
+#endif
+
+void tile_6x16_scalar(const float* a, int64_t lda, const float* b, int64_t C, float* m, int64_t ldm) {
+  float acc[kMR][kNR] = {};
+  for (int64_t c = 0; c < C; ++c)
+    for (int r = 0; r < kMR; ++r)
+      for (int l = 0; l < kNR; ++l) acc[r][l] += a[r * lda + c] * b[c * kNR + l];
+  for (int r = 0; r < kMR; ++r)
+    for (int l = 0; l < kNR; ++l) m[r * ldm + l] = acc[r][l];
+}
+
+using TileFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t);
+
+TileFn tile_fn() {
+#ifdef DIFFCORE_HAVE_AVX2
+  if (avx2::cpu_has_avx2_fma()) return tile_6x16_avx2;
+#endif
+  return tile_6x16_scalar;
+}
+
+// M[n x Kp] = V[n x C] U[C x Kp] for n a multiple of 6 (rows past the block's tiles are junk
+// that the output pass never reads) and U packed in 16-column panels.
+void gemm(TileFn f, const float* V, const float* U, float* M, int64_t n, int64_t C, int64_t Kp) {
+  for (int64_t j = 0; j < Kp / kNR; ++j)
+    for (int64_t i = 0; i < n; i += kMR) f(V + i * C, C, U + j * C * kNR, C, M + i * Kp + j * kNR, Kp);
+}
+
+void check_winograd(const at::Tensor& x, const at::Tensor& u, const c10::optional<at::Tensor>& bias, int64_t K) {
+  TORCH_CHECK(x.device().is_cpu() && u.device().is_cpu(), "diffcore: conv3x3_winograd: x and u must be CPU tensors");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && u.scalar_type() == at::kFloat,
+              "diffcore: conv3x3_winograd: x and u must be float32; got ", x.scalar_type(), " and ", u.scalar_type());
+  TORCH_CHECK(x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "diffcore: conv3x3_winograd: x must be a 4-D channels_last tensor [B, C, H, W]; got sizes ", x.sizes(),
+              " strides ", x.strides());
+  TORCH_CHECK(K >= 1, "diffcore: conv3x3_winograd: out_channels must be >= 1; got ", K);
+  const int64_t panels = (K + kNR - 1) / kNR;
+  TORCH_CHECK(u.dim() == 4 && u.size(0) == 16 && u.size(1) == panels && u.size(2) == x.size(1) &&
+                  u.size(3) == kNR && u.is_contiguous(),
+              "diffcore: conv3x3_winograd: u must be the contiguous packed weight [16, ", panels, ", ", x.size(1),
+              ", 16] (diffcore.native.winograd_weight); got sizes ", u.sizes());
+  if (bias.has_value()) {
+    const auto& b = *bias;
+    TORCH_CHECK(b.device().is_cpu() && b.scalar_type() == at::kFloat && b.dim() == 1 && b.size(0) == K &&
+                    b.is_contiguous(),
+                "diffcore: conv3x3_winograd: bias must be a contiguous float32 CPU [out_channels] = [", K, "]; got ",
+                b.sizes(), " ", b.scalar_type());
+  }
+}
+
+at::Tensor conv3x3_winograd_cpu(const at::Tensor& x, const at::Tensor& u, const c10::optional<at::Tensor>& bias,
+                                int64_t K) {
+  check_winograd(x, u, bias, K);
+  Geometry g{x.size(0), x.size(1), x.size(2), x.size(3), K, (x.size(2) + 1) / 2, (x.size(3) + 1) / 2};
+  auto y = pooled_empty_strided({g.B, g.K, g.H, g.W}, {g.H * g.W * g.K, 1, g.W * g.K, g.K}, at::kFloat);
+  if (y.numel() == 0) return y;
+  if (g.C == 0) return bias.has_value() ? y.copy_(bias->view({1, g.K, 1, 1}).expand_as(y)) : y.zero_();
+  const int64_t Kp = u.size(1) * kNR, T = g.B * g.th * g.tw;
+  const int64_t Tb = kBlockTiles;
+  const int64_t blocks = (T + Tb - 1) / Tb;
+  const float* xp = x.data_ptr<float>();
+  const float* up = u.data_ptr<float>();
+  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  const std::vector<float> zeros(g.C, 0.0f);
+  const TileFn f = tile_fn();
+#ifdef DIFFCORE_HAVE_AVX2
+  const bool avx2 = avx2::cpu_has_avx2_fma();
+#else
+  const bool avx2 = false;
+#endif
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> V(16 * Tb * g.C, 0.0f), M(16 * Tb * Kp), sink(g.K);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t t0 = blk * Tb, t1 = std::min(T, t0 + Tb), n = (t1 - t0 + kMR - 1) / kMR * kMR;
+      input_pass(g, xp, zeros.data(), V.data(), Tb, t0, t1, avx2);
+      for (int k = 0; k < 16; ++k)
+        gemm(f, V.data() + k * Tb * g.C, up + k * Kp * g.C, M.data() + k * Tb * Kp, n, g.C, Kp);
+      output_pass(g, M.data(), Tb, Kp, bp, yp, sink.data(), t0, t1, avx2);
+    }
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(diffcore, CPU, m) { m.impl("conv3x3_winograd", &conv3x3_winograd_cpu); }
+
+}  // namespace diffcore

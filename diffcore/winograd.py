@@ -1,0 +1,122 @@
+"""3x3 convolutions by Winograd's F(2x2, 3x3) on CPU: the native op diffcore::conv3x3_winograd.
+
+A U-Net's 3x3 convolutions are most of its time on CPU, and on CPUs without AVX-512 oneDNN
+(PyTorch's CPU convolution library) has no Winograd kernels: its direct convolution does 9
+multiply-adds per output pixel and input channel, F(2x2, 3x3) 4. The native op (csrc/cpu/
+winograd.cpp) measured 1.6-2.0x oneDNN's direct convolution on the CIFAR-10 U-Net's layers
+(batch 16, 2 threads, AMD EPYC; benchmarks/RESULTS.md).
+
+    y = conv3x3(x, weight, bias)   # F.conv2d(x, weight, bias, padding=1), float32 rounding apart
+
+x: float32 CPU [B, C, H, W] in channels_last; the output is channels_last too. The transformed
+weight (G g G^T, computed in float64) is made once per weight and kept while the weight is
+unchanged (its version counter), in a registry dropped with the weight.
+
+`WinogradConv2d` is the nn.Conv2d subclass diffcore.accelerate swaps in (class swap: same
+parameters and state_dict keys) for plain nn.Conv2d(kernel 3, stride 1, padding 1, groups 1) layers with
+at least MIN_CHANNELS input and output channels; it uses the op for float32 CPU inference on
+channels_last input and calls nn.Conv2d's forward for everything else (training, other
+devices and dtypes, NCHW input, torch.compile, tracing, no extension).
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch import nn
+
+__all__ = ["conv3x3", "transform_weight", "WinogradConv2d", "why_not", "MIN_CHANNELS"]
+
+# below this, the 16-column GEMM panels are mostly padding or the GEMMs too short: 3 -> 128 and
+# 128 -> 3 measured 0.8x and 1.0x the direct convolution, 16 -> 16 1.4x, 64 -> 64 1.9x
+MIN_CHANNELS = 16
+
+_G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
+_U: dict[int, tuple[tuple[int, int], torch.Tensor]] = {}
+
+
+def transform_weight(weight: torch.Tensor) -> torch.Tensor:
+    """[K, C, 3, 3] -> G g G^T packed for the op: float32 [16, ceil(K / 16), C, 16] (element
+    k = 4 * row + col of the 4x4 transform, then 16-column panels of the C x K matrix, the
+    columns past K zero). Computed in float64 and rounded once."""
+    if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
+        raise ValueError(f"weight must be [out_channels, in_channels, 3, 3]; got shape {tuple(weight.shape)}")
+    K, C = weight.shape[:2]
+    Kp = -(-K // 16) * 16
+    u = torch.einsum("ar,kcrs,bs->abck", _G, weight.detach().to(torch.float64), _G).reshape(16, C, K)
+    u = nn.functional.pad(u, (0, Kp - K))
+    return u.view(16, C, Kp // 16, 16).permute(0, 2, 1, 3).to(torch.float32).contiguous()
+
+
+def _transformed(weight: torch.Tensor) -> torch.Tensor:
+    key = (weight._version, weight.data_ptr())
+    hit = _U.get(id(weight))
+    if hit is None or hit[0] != key:
+        if hit is None:
+            weakref.finalize(weight, _U.pop, id(weight), None)
+        with torch.inference_mode(False), torch.no_grad():
+            hit = _U[id(weight)] = (key, transform_weight(weight))
+    return hit[1]
+
+
+def _native_loaded() -> bool:
+    global _NATIVE
+    if _NATIVE is None:
+        try:
+            from . import native  # noqa: F401  (loads the extension, or raises ImportError)
+            _NATIVE = hasattr(torch.ops.diffcore, "conv3x3_winograd")
+        except ImportError:
+            _NATIVE = False
+    return _NATIVE
+
+
+_NATIVE: bool | None = None
+
+
+def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.conv2d(x, weight, bias, padding=1) by Winograd F(2x2, 3x3) (see the module docstring)."""
+    if not _native_loaded():
+        raise RuntimeError("diffcore.winograd.conv3x3 needs the native extension (diffcore.native), which did "
+                           "not load here")
+    if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3) or weight.shape[1] != x.shape[1]:
+        raise ValueError(f"weight must be [out_channels, {x.shape[1]}, 3, 3] for x of shape {tuple(x.shape)}; "
+                         f"got {tuple(weight.shape)}")
+    return torch.ops.diffcore.conv3x3_winograd(x, _transformed(weight), bias, weight.shape[0])
+
+
+def why_not(conv: nn.Conv2d) -> str | None:
+    """None if the layer is one WinogradConv2d handles, else why not (for accelerate's report)."""
+    if type(conv) is not nn.Conv2d:
+        return f"a Conv2d subclass ({type(conv).__name__})"
+    if tuple(conv.kernel_size) != (3, 3):
+        return f"kernel {tuple(conv.kernel_size)}, not 3x3"
+    if tuple(conv.stride) != (1, 1) or tuple(conv.dilation) != (1, 1) or conv.groups != 1:
+        return f"stride {tuple(conv.stride)}, dilation {tuple(conv.dilation)}, groups {conv.groups}: " \
+               "F(2x2, 3x3) is for stride 1, dilation 1, one group"
+    if conv.padding not in ((1, 1), "same") or conv.padding_mode != "zeros":
+        return f"padding {conv.padding} ({conv.padding_mode}), not 1 with zeros"
+    if min(conv.in_channels, conv.out_channels) < MIN_CHANNELS:
+        return f"{conv.in_channels} -> {conv.out_channels} channels: under {MIN_CHANNELS}, the direct " \
+               "convolution is as fast"
+    return None
+
+
+class WinogradConv2d(nn.Conv2d):
+    """nn.Conv2d(3x3, stride 1, padding 1) whose float32 CPU inference on channels_last input
+    runs through conv3x3 (Winograd); every other call is nn.Conv2d's forward."""
+
+    def _winograd(self, x: torch.Tensor) -> bool:
+        w = self.weight
+        return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
+                and w.device.type == "cpu" and x.dim() == 4 and x.shape[1] == self.in_channels
+                and x.is_contiguous(memory_format=torch.channels_last)
+                and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
+                and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+                and not w.is_inference()             # inference tensors have no version counter to key the cache
+                and (self.bias is None or self.bias.dtype == torch.float32)
+                and _native_loaded())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._winograd(x):
+            return torch.ops.diffcore.conv3x3_winograd(x, _transformed(self.weight), self.bias, self.out_channels)
+        return super().forward(x)

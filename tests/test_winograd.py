@@ -1,0 +1,230 @@
+"""Winograd F(2x2, 3x3) convolution (diffcore.winograd, csrc/cpu/winograd.cpp) against the
+float64 convolution, and WinogradConv2d as accelerate swaps it in."""
+import copy
+import io
+import os
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffcore import winograd
+
+native = pytest.importorskip("diffcore.native", reason="the native extension did not load here")
+if not hasattr(torch.ops.diffcore, "conv3x3_winograd"):
+    pytest.skip("the loaded extension predates conv3x3_winograd", allow_module_level=True)
+
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def cl(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def check_close(y, x, w, b, what=""):
+    """|y - conv64| <= 16 eps32 * (|x| conv |w| + |b|): the float32 rounding scale of each output
+    (a sum of 9 C products), with room for the transforms' few extra roundings."""
+    ref = F.conv2d(x.double(), w.double(), None if b is None else b.double(), padding=1)
+    scale = F.conv2d(x.double().abs(), w.double().abs(), None if b is None else b.double().abs(), padding=1)
+    err = (y.double() - ref).abs()
+    bound = 16 * EPS32 * scale + 1e-30
+    worst = (err / bound).max().item()
+    assert worst <= 1.0, f"{what}: error {err.max().item():.3g} is {worst:.2f}x the float32 bound"
+    return worst
+
+
+# odd sizes: tiles cut by the image edge, channel counts off the 8-lane and 16-column blocks,
+# tile counts across the 24-tile blocks and their 6-row GEMM tiles, 1x1 and 1xN images
+SHAPES = [(2, 5, 7, 9, 11), (3, 16, 8, 1, 1), (1, 8, 3, 2, 3), (5, 33, 40, 7, 6), (1, 17, 16, 1, 13),
+          (2, 64, 48, 8, 8), (3, 9, 33, 5, 19), (1, 128, 20, 4, 4)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_op_matches_float64_convolution(shape, with_bias):
+    seed = random.randrange(2**31)
+    g = torch.Generator().manual_seed(seed)
+    B, C, K, H, W = shape
+    x = cl(torch.randn(B, C, H, W, generator=g))
+    w = torch.randn(K, C, 3, 3, generator=g) / 3
+    b = torch.randn(K, generator=g) if with_bias else None
+    y = winograd.conv3x3(x, w, b)
+    assert y.shape == (B, K, H, W) and y.dtype == torch.float32
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    check_close(y, x, w, b, f"shape {shape}, seed {seed}")
+
+
+def test_rounding_is_comparable_to_torchs_float32_convolution():
+    """On a U-Net-sized layer the error against float64 stays within a small factor of oneDNN's own."""
+    g = torch.Generator().manual_seed(random.randrange(2**31))
+    x, w, b = cl(torch.randn(2, 128, 16, 16, generator=g)), torch.randn(96, 128, 3, 3, generator=g) / 30, \
+        torch.randn(96, generator=g)
+    ref = F.conv2d(x.double(), w.double(), b.double(), padding=1)
+    ours = (winograd.conv3x3(x, w, b).double() - ref).abs().max().item()
+    theirs = (F.conv2d(x, w, b, padding=1).double() - ref).abs().max().item()
+    assert ours <= 8 * theirs, (ours, theirs)
+
+
+def test_empty_inputs():
+    w = torch.randn(20, 16, 3, 3)
+    assert winograd.conv3x3(cl(torch.randn(0, 16, 5, 5)), w).shape == (0, 20, 5, 5)
+    assert winograd.conv3x3(cl(torch.randn(2, 16, 0, 5)), w).shape == (2, 20, 0, 5)
+
+
+def test_transform_weight_layout():
+    w = torch.randn(20, 3, 3, 3, dtype=torch.float64)
+    u = winograd.transform_weight(w)
+    assert u.shape == (16, 2, 3, 16) and u.dtype == torch.float32 and u.is_contiguous()
+    G = winograd._G
+    full = torch.einsum("ar,kcrs,bs->abck", G, w, G).reshape(16, 3, 20)    # [16, C, K]
+    unpacked = u.permute(0, 2, 1, 3).reshape(16, 3, 32)
+    torch.testing.assert_close(unpacked[..., :20].double(), full, atol=1e-6, rtol=1e-6)
+    assert (unpacked[..., 20:] == 0).all()                                   # padding columns
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda x, u, b: (x.contiguous(), u, b, 20), "channels_last"),
+    (lambda x, u, b: (x.double(), u, b, 20), "float32"),
+    (lambda x, u, b: (x, u[:, :1].contiguous(), b, 20), "packed weight"),
+    (lambda x, u, b: (x, u, b[:5], 20), "bias"),
+    (lambda x, u, b: (x, u, b, 0), "out_channels"),
+    (lambda x, u, b: (x[:, :, :, :, None], u, b, 20), "4-D"),
+])
+def test_op_rejects_bad_input_with_a_named_argument(bad, match):
+    x, w = cl(torch.randn(2, 16, 5, 5)), torch.randn(20, 16, 3, 3)
+    args = bad(x, winograd.transform_weight(w), torch.randn(20))
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.diffcore.conv3x3_winograd(*args)
+
+
+def test_conv3x3_rejects_a_weight_of_the_wrong_shape():
+    with pytest.raises(ValueError, match=r"weight must be \[out_channels, 16, 3, 3\]"):
+        winograd.conv3x3(cl(torch.randn(1, 16, 4, 4)), torch.randn(8, 16, 5, 5))
+
+
+def test_opcheck():
+    x, w = cl(torch.randn(2, 16, 5, 7)), torch.randn(20, 16, 3, 3)
+    torch.library.opcheck(torch.ops.diffcore.conv3x3_winograd, (x, winograd.transform_weight(w), torch.randn(20), 20),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+# ---- WinogradConv2d ------------------------------------------------------------------------------
+def swapped(conv):
+    m = copy.deepcopy(conv)
+    assert winograd.why_not(m) is None
+    m.__class__ = winograd.WinogradConv2d
+    return m
+
+
+def test_module_uses_the_op_for_channels_last_inference_only():
+    torch.manual_seed(random.randrange(2**31))
+    conv = nn.Conv2d(24, 40, 3, padding=1)
+    m = swapped(conv)
+    assert m.state_dict().keys() == conv.state_dict().keys()
+    x = cl(torch.randn(2, 24, 9, 6))
+    with torch.no_grad():
+        y = m(x)
+        check_close(y, x, conv.weight, conv.bias, "module")
+        assert not torch.equal(y, conv(x))            # the Winograd path ran (its rounding differs)
+        # NCHW input, grad mode with a parameter that needs grad, float64: nn.Conv2d's forward, exactly
+        assert torch.equal(m(x.contiguous()), conv(x.contiguous()))
+        assert torch.equal(m.double()(x.double()), conv.double()(x.double()))
+    m.float()
+    conv.float()
+    y = m(x)
+    assert y.requires_grad and torch.equal(y, conv(x))
+
+
+def test_module_follows_in_place_weight_updates():
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    m = swapped(conv)
+    x = cl(torch.randn(1, 16, 6, 6))
+    with torch.no_grad():
+        m(x)
+        m.load_state_dict({k: v * 2 for k, v in conv.state_dict().items()})   # copy_: a new weight version
+        check_close(m(x), x, conv.weight * 2, conv.bias * 2, "after load_state_dict")
+
+
+def test_module_pickles_and_deep_copies():
+    m = swapped(nn.Conv2d(16, 32, 3, padding=1))
+    x = cl(torch.randn(1, 16, 5, 5))
+    with torch.no_grad():
+        y = m(x)
+        buf = io.BytesIO()
+        torch.save(m, buf)
+        buf.seek(0)
+        m2 = torch.load(buf, weights_only=False)
+        assert type(m2) is winograd.WinogradConv2d
+        torch.testing.assert_close(m2(x), y, atol=0, rtol=0)
+        torch.testing.assert_close(copy.deepcopy(m)(x), y, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("conv, why", [
+    (nn.Conv2d(16, 16, 1), "kernel"),
+    (nn.Conv2d(16, 16, 3, stride=2, padding=1), "stride"),
+    (nn.Conv2d(16, 16, 3, padding=1, groups=2), "groups"),
+    (nn.Conv2d(16, 16, 3, padding=0), "padding"),
+    (nn.Conv2d(16, 16, 3, padding=1, padding_mode="reflect"), "padding"),
+    (nn.Conv2d(3, 128, 3, padding=1), "under 16"),
+])
+def test_why_not(conv, why):
+    assert why in winograd.why_not(conv)
+
+
+def test_subclass_is_left():
+    class MyConv(nn.Conv2d):
+        pass
+    assert "subclass" in winograd.why_not(MyConv(16, 16, 3, padding=1))
+
+
+def test_accelerate_swaps_a_unets_3x3_convolutions(monkeypatch):
+    import diffcore
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1),
+                        nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.Conv2d(32, 16, 1))
+    ref = copy.deepcopy(net)
+    _, rep = diffcore.accelerate(net, report=True)
+    by = {e.name: e for e in rep}
+    assert by["1"].action == "swapped" and type(net[1]) is winograd.WinogradConv2d
+    assert by["0"].action == "left" and "under 16" in by["0"].detail
+    assert by["2"].action == "left" and "stride" in by["2"].detail
+    assert "3" not in by and type(net[3]) is nn.Conv2d
+    x = cl(torch.randn(2, 3, 8, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), ref(x), atol=1e-5, rtol=1e-5)
+    _, rep2 = diffcore.accelerate(net, report=True)
+    assert not rep2.swapped() and by["1"].name in {e.name for e in rep2 if e.action == "already fused"}
+    # backend="torch" pins the reference: no native convolution
+    other = copy.deepcopy(ref)
+    diffcore.accelerate(other, backend="torch")
+    assert type(other[1]) is nn.Conv2d
+
+
+def test_falls_back_without_the_extension(monkeypatch):
+    m = swapped(nn.Conv2d(16, 16, 3, padding=1))
+    monkeypatch.setattr(winograd, "_NATIVE", False)
+    x = cl(torch.randn(1, 16, 4, 4))
+    with torch.no_grad():
+        assert torch.equal(m(x), nn.Conv2d.forward(m, x))
+    with pytest.raises(RuntimeError, match="native extension"):
+        winograd.conv3x3(x, m.weight)
+
+
+@pytest.mark.skipif(os.environ.get("DIFFCORE_NO_EXT") == "1", reason="no extension")
+def test_accelerated_diffusers_unet_in_channels_last_matches_the_original():
+    diffusers = pytest.importorskip("diffusers")
+    import diffcore
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(32, 64),
+                                 layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8).eval()
+    acc = diffcore.accelerate(copy.deepcopy(unet)).to(memory_format=torch.channels_last)
+    n = sum(type(m) is winograd.WinogradConv2d for m in acc.modules())
+    assert n >= 8
+    x, t = cl(torch.randn(2, 3, 16, 16)), torch.tensor([10, 900])
+    with torch.no_grad():
+        ref = unet.double()(x.double(), t).sample          # the float64 original
+        out = acc(x, t).sample
+    err = (out.double() - ref).abs().max().item()
+    assert err < 1e-4 * ref.abs().max().item(), err
