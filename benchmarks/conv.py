@@ -1,0 +1,89 @@
+"""3x3 convolutions of diffusers' CIFAR-10 UNet2DModel (the google/ddpm-cifar10-32 configuration),
+layer by layer: diffcore's Winograd F(2x2, 3x3) (diffcore.winograd, what accelerate swaps in)
+against PyTorch's convolution (oneDNN's direct kernels) on the same channels_last float32
+input, and against PyTorch on NCHW input (the model's default layout). Every distinct shape
+of the layers accelerate swaps (recorded from one forward at the batch given) is timed
+side by side, interleaved; the per-forward total weights each shape by its number of layers.
+Each shape's max |error| against the float64 convolution is reported for both.
+
+    python benchmarks/conv.py [--threads N] [--batch 16] [--repeats 9] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import interleaved, print_table, write_results  # noqa: E402
+from sampling import cifar_unet  # noqa: E402
+
+from diffcore import winograd  # noqa: E402
+
+
+def layer_shapes(batch: int) -> collections.Counter:
+    """(C_in, C_out, H, W) -> number of the U-Net's layers that accelerate swaps, at this batch."""
+    unet = cifar_unet()
+    seen = collections.Counter()
+    hooks = [m.register_forward_pre_hook(lambda m, a: seen.update([(m.in_channels, m.out_channels) + tuple(a[0].shape[2:])]))
+             for m in unet.modules() if isinstance(m, torch.nn.Conv2d) and winograd.why_not(m) is None]
+    with torch.no_grad():
+        unet(torch.randn(batch, 3, 32, 32), torch.tensor([500] * batch))
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--quick", action="store_true", help="batch 2, 2 repeats")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    batch, repeats = (2, 2) if a.quick else (a.batch, a.repeats)
+    torch.manual_seed(0)
+    rows, totals = [], collections.Counter()
+    for (C, K, H, W), count in sorted(layer_shapes(batch).items()):
+        conv = torch.nn.Conv2d(C, K, 3, padding=1).eval()
+        conv_cl = torch.nn.Conv2d(C, K, 3, padding=1).eval().to(memory_format=torch.channels_last)
+        conv_cl.load_state_dict(conv.state_dict())
+        x = torch.randn(batch, C, H, W)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        w, b = conv.weight.detach(), conv.bias.detach()
+        with torch.no_grad():
+            med = {k: v["median_s"] for k, v in interleaved({
+                "winograd": lambda: winograd.conv3x3(x_cl, w, b),
+                "torch channels_last": lambda: conv_cl(x_cl),
+                "torch NCHW": lambda: conv(x),
+            }, repeats).items()}
+            ref = F.conv2d(x.double(), w.double(), b.double(), padding=1)
+            err_w = (winograd.conv3x3(x_cl, w, b).double() - ref).abs().max().item()
+            err_t = (conv_cl(x_cl).double() - ref).abs().max().item()
+        for k, v in med.items():
+            totals[k] += count * v
+        rows.append({"shape": f"{C}->{K} {H}x{W}", "layers": count,
+                     **{f"{k} ms": round(v * 1e3, 2) for k, v in med.items()},
+                     "vs channels_last": round(med["torch channels_last"] / med["winograd"], 2),
+                     "vs NCHW": round(med["torch NCHW"] / med["winograd"], 2),
+                     "max err winograd": f"{err_w:.1e}", "max err torch": f"{err_t:.1e}"})
+        print_table(rows[-1:])
+    rows.append({"shape": "per forward (sum over layers)", "layers": sum(r["layers"] for r in rows),
+                 **{f"{k} ms": round(v * 1e3, 1) for k, v in totals.items()},
+                 "vs channels_last": round(totals["torch channels_last"] / totals["winograd"], 2),
+                 "vs NCHW": round(totals["torch NCHW"] / totals["winograd"], 2),
+                 "max err winograd": "", "max err torch": ""})
+    print_table(rows)
+    print(f"(batch {batch}, {torch.get_num_threads()} threads)")
+    ratios = {"per forward vs channels_last": rows[-1]["vs channels_last"], "per forward vs NCHW": rows[-1]["vs NCHW"]}
+    print("wrote", write_results("conv" + ("_quick" if a.quick else ""), rows, ratios))
+
+
+if __name__ == "__main__":
+    main()
