@@ -421,6 +421,8 @@ class _Walker:
                 self.add(name, m, "already fused", "Winograd 3x3 convolution: accelerated before")
             elif isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (3, 3):
                 why = winograd.why_not(m)
+                if why is None and not winograd._native_loaded():
+                    why = "the native extension (diffcore.native) did not load: no Winograd op here"
                 if why is not None:
                     self.add(name, m, "left", why)
                     continue

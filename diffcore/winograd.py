@@ -25,14 +25,14 @@ import weakref
 import torch
 from torch import nn
 
-__all__ = ["conv3x3", "transform_weight", "WinogradConv2d", "why_not", "MIN_CHANNELS"]
+__all__ = ["conv3x3", "transform_weight", "clear_cache", "WinogradConv2d", "why_not", "MIN_CHANNELS"]
 
 # below this, the 16-column GEMM panels are mostly padding or the GEMMs too short: 3 -> 128 and
 # 128 -> 3 measured 0.8x and 1.0x the direct convolution, 16 -> 16 1.4x, 64 -> 64 1.9x
 MIN_CHANNELS = 16
 
 _G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
-_U: dict[int, tuple[tuple[int, int], torch.Tensor]] = {}
+_U: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # id(weight) -> (its values, transform)
 
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -49,14 +49,24 @@ def transform_weight(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _transformed(weight: torch.Tensor) -> torch.Tensor:
-    key = (weight._version, weight.data_ptr())
+    """The packed transform of weight, cached while the weight's values are unchanged. The check
+    compares values (a read of the weight, small beside the convolution): writes through
+    `weight.data` (EMA swaps, merged adapters) move no version counter, and a freed weight's
+    memory can come back at the same address."""
+    if weight.is_inference():   # made under inference mode: no cache (its version cannot be tracked)
+        return transform_weight(weight)
     hit = _U.get(id(weight))
-    if hit is None or hit[0] != key:
+    if hit is None or not torch.equal(hit[0], weight.detach()):
         if hit is None:
             weakref.finalize(weight, _U.pop, id(weight), None)
         with torch.inference_mode(False), torch.no_grad():
-            hit = _U[id(weight)] = (key, transform_weight(weight))
+            hit = _U[id(weight)] = (weight.detach().clone(), transform_weight(weight))
     return hit[1]
+
+
+def clear_cache() -> None:
+    """Drop every cached weight transform (they are remade on the next call)."""
+    _U.clear()
 
 
 def _native_loaded() -> bool:
@@ -84,10 +94,8 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     return torch.ops.diffcore.conv3x3_winograd(x, _transformed(weight), bias, weight.shape[0])
 
 
-def why_not(conv: nn.Conv2d) -> str | None:
-    """None if the layer is one WinogradConv2d handles, else why not (for accelerate's report)."""
-    if type(conv) is not nn.Conv2d:
-        return f"a Conv2d subclass ({type(conv).__name__})"
+def _geometry(conv: nn.Conv2d) -> str | None:
+    """Why conv's geometry is not F(2x2, 3x3)'s (None if it is)."""
     if tuple(conv.kernel_size) != (3, 3):
         return f"kernel {tuple(conv.kernel_size)}, not 3x3"
     if tuple(conv.stride) != (1, 1) or tuple(conv.dilation) != (1, 1) or conv.groups != 1:
@@ -95,6 +103,16 @@ def why_not(conv: nn.Conv2d) -> str | None:
                "F(2x2, 3x3) is for stride 1, dilation 1, one group"
     if conv.padding not in ((1, 1), "same") or conv.padding_mode != "zeros":
         return f"padding {conv.padding} ({conv.padding_mode}), not 1 with zeros"
+    return None
+
+
+def why_not(conv: nn.Conv2d) -> str | None:
+    """None if the layer is one WinogradConv2d handles, else why not (for accelerate's report)."""
+    if type(conv) is not nn.Conv2d:
+        return f"a Conv2d subclass ({type(conv).__name__})"
+    geometry = _geometry(conv)
+    if geometry is not None:
+        return geometry
     if min(conv.in_channels, conv.out_channels) < MIN_CHANNELS:
         return f"{conv.in_channels} -> {conv.out_channels} channels: under {MIN_CHANNELS}, the direct " \
                "convolution is as fast"
@@ -103,20 +121,26 @@ def why_not(conv: nn.Conv2d) -> str | None:
 
 class WinogradConv2d(nn.Conv2d):
     """nn.Conv2d(3x3, stride 1, padding 1) whose float32 CPU inference on channels_last input
-    runs through conv3x3 (Winograd); every other call is nn.Conv2d's forward."""
+    runs through the Winograd op; every other call is nn.Conv2d's forward: another geometry
+    (checked on each call, so a changed stride or padding is honoured), training (any of x,
+    weight, bias needing grad), autocast (its convolutions run in the autocast dtype), other
+    devices or dtypes, NCHW input, torch.compile, jit or FX tracing, no extension."""
 
     def _winograd(self, x: torch.Tensor) -> bool:
-        w = self.weight
-        return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
-                and w.device.type == "cpu" and x.dim() == 4 and x.shape[1] == self.in_channels
+        w, b = self.weight, self.bias
+        return (isinstance(x, torch.Tensor)                # not an FX tracing proxy
+                and x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
+                and w.device.type == "cpu" and x.dim() == 4 and x.shape[1] == w.shape[1]
+                and (b is None or (b.dtype == torch.float32 and b.device.type == "cpu" and b.is_contiguous()))
                 and x.is_contiguous(memory_format=torch.channels_last)
-                and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
+                and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b)))
+                and not torch.is_autocast_enabled("cpu")
                 and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-                and not w.is_inference()             # inference tensors have no version counter to key the cache
-                and (self.bias is None or self.bias.dtype == torch.float32)
+                and _geometry(self) is None
                 and _native_loaded())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._winograd(x):
-            return torch.ops.diffcore.conv3x3_winograd(x, _transformed(self.weight), self.bias, self.out_channels)
+            w = self.weight
+            return torch.ops.diffcore.conv3x3_winograd(x, _transformed(w), self.bias, w.shape[0])
         return super().forward(x)

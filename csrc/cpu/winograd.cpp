@@ -248,9 +248,20 @@ void tile_6x16_scalar(const float* a, int64_t lda, const float* b, int64_t C, fl
 
 using TileFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t);
 
+// AVX2 transforms and GEMM tiles where the CPU has them; DIFFCORE_SCALAR_WINOGRAD=1 forces the
+// portable code (what a CPU without AVX2 runs), so that the tests cover it on any machine.
+bool avx2_winograd() {
+#ifdef DIFFCORE_HAVE_AVX2
+  static const bool on = avx2::cpu_has_avx2_fma() && !getenv_flag("DIFFCORE_SCALAR_WINOGRAD");
+  return on;
+#else
+  return false;
+#endif
+}
+
 TileFn tile_fn() {
 #ifdef DIFFCORE_HAVE_AVX2
-  if (avx2::cpu_has_avx2_fma()) return tile_6x16_avx2;
+  if (avx2_winograd()) return tile_6x16_avx2;
 #endif
   return tile_6x16_scalar;
 }
@@ -263,9 +274,10 @@ void gemm(TileFn f, const float* V, const float* U, float* M, int64_t n, int64_t
 }
 
 void check_winograd(const at::Tensor& x, const at::Tensor& u, const c10::optional<at::Tensor>& bias, int64_t K) {
-  TORCH_CHECK(x.device().is_cpu() && u.device().is_cpu(), "diffcore: conv3x3_winograd: x and u must be CPU tensors");
-  TORCH_CHECK(x.scalar_type() == at::kFloat && u.scalar_type() == at::kFloat,
-              "diffcore: conv3x3_winograd: x and u must be float32; got ", x.scalar_type(), " and ", u.scalar_type());
+  TORCH_CHECK(x.device().is_cpu(), "diffcore: conv3x3_winograd: x must be a CPU tensor; got ", x.device());
+  TORCH_CHECK(u.device().is_cpu(), "diffcore: conv3x3_winograd: u must be a CPU tensor; got ", u.device());
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "diffcore: conv3x3_winograd: x must be float32; got ", x.scalar_type());
+  TORCH_CHECK(u.scalar_type() == at::kFloat, "diffcore: conv3x3_winograd: u must be float32; got ", u.scalar_type());
   TORCH_CHECK(x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast),
               "diffcore: conv3x3_winograd: x must be a 4-D channels_last tensor [B, C, H, W]; got sizes ", x.sizes(),
               " strides ", x.strides());
@@ -300,11 +312,7 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& x, const at::Tensor& u, const 
   float* yp = y.data_ptr<float>();
   const std::vector<float> zeros(g.C, 0.0f);
   const TileFn f = tile_fn();
-#ifdef DIFFCORE_HAVE_AVX2
-  const bool avx2 = avx2::cpu_has_avx2_fma();
-#else
-  const bool avx2 = false;
-#endif
+  const bool avx2 = avx2_winograd();
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     std::vector<float> V(16 * Tb * g.C, 0.0f), M(16 * Tb * Kp), sink(g.K);
     for (int64_t blk = b0; blk < b1; ++blk) {
