@@ -7,6 +7,7 @@ side by side, interleaved; the per-forward total weights each shape by its numbe
 Each shape's max |error| against the float64 convolution is reported for both.
 
     python benchmarks/conv.py [--threads N] [--batch 16] [--repeats 9] [--quick]
+    (results/conv.json; results/conv_batchN.json for another batch)
 """
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ def main():
     print_table(rows)
     print(f"(batch {batch}, {torch.get_num_threads()} threads)")
     ratios = {"per forward vs channels_last": rows[-1]["vs channels_last"], "per forward vs NCHW": rows[-1]["vs NCHW"]}
-    print("wrote", write_results("conv" + ("_quick" if a.quick else ""), rows, ratios))
+    name = "conv" + ("_quick" if a.quick else (f"_batch{batch}" if batch != 16 else ""))
+    print("wrote", write_results(name, rows, ratios))
 
 
 if __name__ == "__main__":

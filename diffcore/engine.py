@@ -26,7 +26,7 @@ import warnings
 
 import torch
 
-from . import plans
+from . import plans, winograd
 from .discrete import DDPM, NCSN
 from .noise import NoiseSource
 from .precision import PRECISIONS, AutocastModel
@@ -117,6 +117,7 @@ class Sampler:
             if tuple(x_init.shape) != (n, *self.shape):
                 raise ValueError(f"x_init must have shape [n, *shape] = {(n, *self.shape)}; got {tuple(x_init.shape)}")
         device = self.device or (x_init.device if x_init is not None else torch.device("cpu"))
+        winograd.revalidate()   # Winograd layers check every weight value once per run (see winograd._transformed)
         chunk = self._chunk_size(n, device)
         n_chunks = -(-n // chunk)
         total = n_chunks * (self.plan.n_steps if self.plan is not None else 1)

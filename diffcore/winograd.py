@@ -10,7 +10,7 @@ winograd.cpp) measured 1.6-2.0x oneDNN's direct convolution on the CIFAR-10 U-Ne
 
 x: float32 CPU [B, C, H, W] in channels_last; the output is channels_last too. The transformed
 weight (G g G^T, computed in float64) is made once per weight and kept while the weight is
-unchanged (its version counter), in a registry dropped with the weight.
+unchanged (see _transformed), in a registry dropped with the weight.
 
 `WinogradConv2d` is the nn.Conv2d subclass diffcore.accelerate swaps in (class swap: same
 parameters and state_dict keys) for plain nn.Conv2d(kernel 3, stride 1, padding 1, groups 1) layers with
@@ -25,14 +25,37 @@ import weakref
 import torch
 from torch import nn
 
-__all__ = ["conv3x3", "transform_weight", "clear_cache", "WinogradConv2d", "why_not", "MIN_CHANNELS"]
+__all__ = ["conv3x3", "transform_weight", "revalidate", "clear_cache", "WinogradConv2d", "why_not", "MIN_CHANNELS",
+           "MIN_TILES"]
 
 # below this, the 16-column GEMM panels are mostly padding or the GEMMs too short: 3 -> 128 and
 # 128 -> 3 measured 0.8x and 1.0x the direct convolution, 16 -> 16 1.4x, 64 -> 64 1.9x
 MIN_CHANNELS = 16
+# below this many 2x2 output tiles (batch x ceil(H/2) x ceil(W/2)) the GEMMs are too short to pay
+# for reading the transformed weight (16/9 the weight's size): at batch 1 (2 threads) 4x4 images
+# (4 tiles) measured 1.03x the direct convolution for 256 -> 256 channels and 0.74x for 512 -> 256,
+# 8x8 images (16 tiles) 1.42x and 2.1x
+MIN_TILES = 16
 
 _G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
-_U: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # id(weight) -> (its values, transform)
+_PROBES = 256   # weight values compared on every call (see _transformed)
+
+
+class _Entry:
+    """A weight's cached transform and what tells whether the weight still has those values."""
+    __slots__ = ("key", "probe", "values", "epoch", "u")
+
+    def __init__(self, weight: torch.Tensor):
+        w = weight.detach()
+        self.key = (weight._version, w.data_ptr())
+        self.probe = _probe(w)
+        self.values = w.clone()   # for the full comparison once per epoch
+        self.epoch = _EPOCH
+        self.u = transform_weight(w)
+
+
+_U: dict[int, _Entry] = {}   # id(weight) -> its entry, dropped with the weight
+_EPOCH = 0
 
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -43,25 +66,46 @@ def transform_weight(weight: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"weight must be [out_channels, in_channels, 3, 3]; got shape {tuple(weight.shape)}")
     K, C = weight.shape[:2]
     Kp = -(-K // 16) * 16
-    u = torch.einsum("ar,kcrs,bs->abck", _G, weight.detach().to(torch.float64), _G).reshape(16, C, K)
-    u = nn.functional.pad(u, (0, Kp - K))
+    u = _G @ weight.detach().to(torch.float64) @ _G.T                   # [K, C, 4, 4]
+    u = nn.functional.pad(u.permute(2, 3, 1, 0).reshape(16, C, K), (0, Kp - K))
     return u.view(16, C, Kp // 16, 16).permute(0, 2, 1, 3).to(torch.float32).contiguous()
 
 
+def _probe(w: torch.Tensor) -> torch.Tensor:
+    flat = w.reshape(-1)
+    step = max(1, flat.numel() // _PROBES)
+    return flat[::step].clone()
+
+
 def _transformed(weight: torch.Tensor) -> torch.Tensor:
-    """The packed transform of weight, cached while the weight's values are unchanged. The check
-    compares values (a read of the weight, small beside the convolution): writes through
-    `weight.data` (EMA swaps, merged adapters) move no version counter, and a freed weight's
-    memory can come back at the same address."""
-    if weight.is_inference():   # made under inference mode: no cache (its version cannot be tracked)
+    """The packed transform of weight, remade when the weight changes. Every call checks the
+    weight's version counter, its address and 256 of its values spread over the tensor: writes
+    through `weight.data` (EMA swaps, merged adapters) move no version counter, but a write
+    that replaces the weight changes those values. Once per epoch (diffcore.sample starts one,
+    as does revalidate()) all values are compared, which catches any write; comparing them on
+    every call would cost a read of every weight per forward (a fifth of a batch-1 forward of the
+    CIFAR U-Net on CPU). A weight made under inference mode has no version counter: it is
+    transformed on every call."""
+    if weight.is_inference():
         return transform_weight(weight)
-    hit = _U.get(id(weight))
-    if hit is None or not torch.equal(hit[0], weight.detach()):
-        if hit is None:
+    w = weight.detach()
+    e = _U.get(id(weight))
+    stale = (e is None or e.key != (weight._version, w.data_ptr()) or not torch.equal(e.probe, _probe(w))
+             or (e.epoch != _EPOCH and not torch.equal(e.values, w)))
+    if stale:
+        if e is None:
             weakref.finalize(weight, _U.pop, id(weight), None)
         with torch.inference_mode(False), torch.no_grad():
-            hit = _U[id(weight)] = (weight.detach().clone(), transform_weight(weight))
-    return hit[1]
+            e = _U[id(weight)] = _Entry(weight)
+    e.epoch = _EPOCH
+    return e.u
+
+
+def revalidate() -> None:
+    """Start a new epoch: each layer's next call compares all of its weight's values once
+    (diffcore.sample calls this at the start of every run)."""
+    global _EPOCH
+    _EPOCH += 1
 
 
 def clear_cache() -> None:
@@ -124,7 +168,8 @@ class WinogradConv2d(nn.Conv2d):
     runs through the Winograd op; every other call is nn.Conv2d's forward: another geometry
     (checked on each call, so a changed stride or padding is honoured), training (any of x,
     weight, bias needing grad), autocast (its convolutions run in the autocast dtype), other
-    devices or dtypes, NCHW input, torch.compile, jit or FX tracing, no extension."""
+    devices or dtypes, NCHW input, fewer than MIN_TILES output tiles, torch.compile, jit or FX
+    tracing, no extension."""
 
     def _winograd(self, x: torch.Tensor) -> bool:
         w, b = self.weight, self.bias
@@ -133,6 +178,7 @@ class WinogradConv2d(nn.Conv2d):
                 and w.device.type == "cpu" and x.dim() == 4 and x.shape[1] == w.shape[1]
                 and (b is None or (b.dtype == torch.float32 and b.device.type == "cpu" and b.is_contiguous()))
                 and x.is_contiguous(memory_format=torch.channels_last)
+                and x.shape[0] * ((x.shape[2] + 1) // 2) * ((x.shape[3] + 1) // 2) >= MIN_TILES
                 and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b)))
                 and not torch.is_autocast_enabled("cpu")
                 and not torch.compiler.is_compiling() and not torch.jit.is_tracing()

@@ -124,7 +124,7 @@ def test_module_uses_the_op_for_channels_last_inference_only():
     conv = nn.Conv2d(24, 40, 3, padding=1)
     m = swapped(conv)
     assert m.state_dict().keys() == conv.state_dict().keys()
-    x = cl(torch.randn(2, 24, 9, 6))
+    x = cl(torch.randn(2, 24, 9, 6))                  # 2 x 5 x 3 = 30 tiles >= MIN_TILES
     with torch.no_grad():
         y = m(x)
         check_close(y, x, conv.weight, conv.bias, "module")
@@ -141,7 +141,7 @@ def test_module_uses_the_op_for_channels_last_inference_only():
 def test_module_follows_in_place_weight_updates():
     conv = nn.Conv2d(16, 16, 3, padding=1)
     m = swapped(conv)
-    x = cl(torch.randn(1, 16, 6, 6))
+    x = cl(torch.randn(2, 16, 8, 8))
     with torch.no_grad():
         m(x)
         m.load_state_dict({k: v * 2 for k, v in conv.state_dict().items()})   # copy_: a new weight version
@@ -150,7 +150,7 @@ def test_module_follows_in_place_weight_updates():
 
 def test_module_pickles_and_deep_copies():
     m = swapped(nn.Conv2d(16, 32, 3, padding=1))
-    x = cl(torch.randn(1, 16, 5, 5))
+    x = cl(torch.randn(2, 16, 8, 8))
     with torch.no_grad():
         y = m(x)
         buf = io.BytesIO()
@@ -199,7 +199,7 @@ def test_accelerate_swaps_a_unets_3x3_convolutions(monkeypatch):
     assert by["0"].action == "left" and "under 16" in by["0"].detail
     assert by["2"].action == "left" and "stride" in by["2"].detail
     assert "3" not in by and type(net[3]) is nn.Conv2d
-    x = cl(torch.randn(2, 3, 8, 8))
+    x = cl(torch.randn(2, 3, 16, 16))
     calls = count_winograd_calls(monkeypatch)
     with torch.no_grad():
         torch.testing.assert_close(net(x), ref(x), atol=1e-5, rtol=1e-5)
@@ -244,21 +244,41 @@ def test_accelerated_diffusers_unet_in_channels_last_matches_the_original(monkey
 
 
 def test_module_follows_writes_through_data():
-    """EMA weight swaps write through .data, which moves no version counter."""
+    """EMA weight swaps write through .data, which moves no version counter: the probed values move."""
     conv = nn.Conv2d(16, 16, 3, padding=1)
     m = swapped(conv)
-    x = cl(torch.randn(1, 16, 6, 6))
+    x = cl(torch.randn(2, 16, 8, 8))
     with torch.no_grad():
         m(x)
-        m.weight.data.mul_(-2)
-        check_close(m(x), x, conv.weight * -2, conv.bias, "after a .data write")
+        m.weight.data.copy_(torch.randn_like(m.weight))       # as diffusers' EMAModel.copy_to does
+        check_close(m(x), x, m.weight, conv.bias, "after a .data write")
+
+
+def test_a_write_the_probes_miss_is_caught_at_the_next_epoch():
+    m = swapped(nn.Conv2d(16, 16, 3, padding=1))
+    x = cl(torch.randn(2, 16, 8, 8))
+    with torch.no_grad():
+        m(x)
+        probed = set(range(0, m.weight.numel(), max(1, m.weight.numel() // winograd._PROBES)))
+        i = next(i for i in range(m.weight.numel()) if i not in probed)
+        m.weight.data.view(-1)[i] += 1.0
+        winograd.revalidate()                                   # what every diffcore.sample run does
+        check_close(m(x), x, m.weight, m.bias, "after an unprobed .data write and a new epoch")
+
+
+def test_sampling_run_starts_an_epoch():
+    import diffcore
+    before = winograd._EPOCH
+    diffcore.sample(lambda x, t: torch.zeros_like(x), diffcore.DDPM(diffcore.schedules.linear_betas(10)), n=2,
+                    shape=(2,), method="ancestral", steps=2)
+    assert winograd._EPOCH > before
 
 
 def test_module_with_a_trainable_bias_keeps_autograd():
     conv = nn.Conv2d(16, 16, 3, padding=1)
     conv.weight.requires_grad_(False)
     m = swapped(conv)
-    x = cl(torch.randn(1, 16, 5, 5))
+    x = cl(torch.randn(2, 16, 8, 8))
     m(x).sum().backward()
     conv(x).sum().backward()
     torch.testing.assert_close(m.bias.grad, conv.bias.grad)
@@ -272,7 +292,7 @@ def test_module_honours_a_changed_geometry(change):
     for k, v in change.items():
         setattr(m, k, v)
         setattr(conv, k, v)
-    x = cl(torch.randn(1, 16, 9, 9))
+    x = cl(torch.randn(2, 16, 9, 9))
     with torch.no_grad():
         assert torch.equal(m(x), conv(x))
 
@@ -280,16 +300,26 @@ def test_module_honours_a_changed_geometry(change):
 def test_module_under_autocast_runs_the_autocast_dtype():
     conv = nn.Conv2d(16, 16, 3, padding=1)
     m = swapped(conv)
-    x = cl(torch.randn(1, 16, 4, 4))
+    x = cl(torch.randn(2, 16, 8, 8))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         y, ref = m(x), conv(x)
     assert y.dtype == torch.bfloat16 and torch.equal(y, ref)
 
 
+def test_few_tiles_take_the_direct_convolution(monkeypatch):
+    m = swapped(nn.Conv2d(16, 16, 3, padding=1))
+    calls = count_winograd_calls(monkeypatch)
+    with torch.no_grad():
+        small = cl(torch.randn(1, 16, 6, 6))                # 9 tiles < MIN_TILES
+        assert torch.equal(m(small), nn.Conv2d.forward(m, small)) and not calls
+        m(cl(torch.randn(1, 16, 8, 8)))                     # 16 tiles
+    assert len(calls) == 1
+
+
 def test_module_traces_with_fx():
     m = nn.Sequential(swapped(nn.Conv2d(16, 16, 3, padding=1)))
     gm = torch.fx.symbolic_trace(m)
-    x = cl(torch.randn(1, 16, 4, 4))
+    x = cl(torch.randn(2, 16, 8, 8))
     with torch.no_grad():
         assert torch.equal(gm(x), nn.Conv2d.forward(m[0], x))
 

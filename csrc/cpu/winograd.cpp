@@ -5,7 +5,8 @@
 //
 //   y = A^T [ (G g G^T) . (B^T d B) ] A  per 4x4 input tile d and 2x2 output tile,
 //
-// per block of 24 tiles, on one thread (blocks in parallel): the input tiles -> V[16][tiles][C]
+// per block of up to 24 tiles, on one thread (blocks in parallel; smaller blocks when there are
+// fewer than 24 tiles per thread): the input tiles -> V[16][tiles][C]
 // (B^T d B, channel innermost, so each of a tile's 16 elements is a contiguous row of C), 16
 // GEMMs M[k] = V[k] U[k] on a 6 x 16 AVX2 register tile (U = G g G^T made once per weight by
 // diffcore.winograd.transform_weight, packed in 16-column panels), then M -> y (A^T m A + bias).
@@ -304,7 +305,9 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& x, const at::Tensor& u, const 
   if (y.numel() == 0) return y;
   if (g.C == 0) return bias.has_value() ? y.copy_(bias->view({1, g.K, 1, 1}).expand_as(y)) : y.zero_();
   const int64_t Kp = u.size(1) * kNR, T = g.B * g.th * g.tw;
-  const int64_t Tb = kBlockTiles;
+  // fewer tiles than 24 per thread (small images, batch 1): smaller blocks, so every thread has one
+  const int64_t per_thread = (T + at::get_num_threads() - 1) / at::get_num_threads();
+  const int64_t Tb = std::min(kBlockTiles, (per_thread + kMR - 1) / kMR * kMR);
   const int64_t blocks = (T + Tb - 1) / Tb;
   const float* xp = x.data_ptr<float>();
   const float* up = u.data_ptr<float>();
