@@ -125,7 +125,8 @@ def main():
 
     unet = cifar_unet().to(a.device)
     rows, ratios = [], {}
-    name = "sampling" + ("_cuda" if cuda else "") + ("_compile" if a.compile_only else "") + ("_quick" if a.quick else "")
+    name = "sampling" + ("_cuda" if cuda else "") + ("_compile" if a.compile_only else "") + \
+        ("_quick" if a.quick else (f"_batch{batch}" if a.batch is not None and batch != (256 if cuda else 16) else ""))
 
     # equality first: fp32 diffcore vs diffusers' loop with the same noise (on CUDA without TF32,
     # which cuDNN uses for fp32 convolutions by default and which rounds inputs to 10 mantissa bits)

@@ -72,7 +72,10 @@ def transform_weight(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _probe(w: torch.Tensor) -> torch.Tensor:
-    flat = w.reshape(-1)
+    """_PROBES values spread over w's memory (a dense weight, channels_last or not, is read in
+    place: reshape(-1) of a channels_last weight would copy all of it)."""
+    dense = w.is_contiguous() or (w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last))
+    flat = w.as_strided((w.numel(),), (1,)) if dense else w.reshape(-1)
     step = max(1, flat.numel() // _PROBES)
     return flat[::step].clone()
 
