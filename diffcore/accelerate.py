@@ -35,8 +35,8 @@ the fused ops (`isinstance` checks still hold); children are never re-created.
 
 * 3x3 convolutions (plain nn.Conv2d, stride 1, padding 1, one group, at least 16 channels in
   and out) become diffcore.winograd.WinogradConv2d (a class swap): in float32 CPU inference on
-  channels_last input they run Winograd's F(2x2, 3x3) on the native extension (1.6-2.0x
-  oneDNN's direct convolution on the CIFAR-10 U-Net's layers); every other call is
+  channels_last input they run Winograd's F(2x2, 3x3) on the native extension (1.54-1.68x
+  oneDNN's direct convolution over the CIFAR-10 U-Net's layers at batch 16); every other call is
   nn.Conv2d's own forward. Not with backend="torch" or "triton" (the op is native only).
 
 Everything else is left as it is: GroupNorm without a following SiLU outside those attention

@@ -3,8 +3,8 @@
 A U-Net's 3x3 convolutions are most of its time on CPU, and on CPUs without AVX-512 oneDNN
 (PyTorch's CPU convolution library) has no Winograd kernels: its direct convolution does 9
 multiply-adds per output pixel and input channel, F(2x2, 3x3) 4. The native op (csrc/cpu/
-winograd.cpp) measured 1.6-2.0x oneDNN's direct convolution on the CIFAR-10 U-Net's layers
-(batch 16, 2 threads, AMD EPYC; benchmarks/RESULTS.md).
+winograd.cpp) measured 1.54-1.68x oneDNN's direct convolution over the CIFAR-10 U-Net's 47
+such layers (batch 16, 2 threads, AMD EPYC; 1.2-2.0x per layer; benchmarks/RESULTS.md).
 
     y = conv3x3(x, weight, bias)   # F.conv2d(x, weight, bias, padding=1), float32 rounding apart
 
