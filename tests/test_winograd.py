@@ -100,9 +100,11 @@ def test_op_rejects_bad_input_with_a_named_argument(bad, match):
         torch.ops.diffcore.conv3x3_winograd(*args)
 
 
-def test_conv3x3_rejects_a_weight_of_the_wrong_shape():
+def test_conv3x3_rejects_a_weight_of_the_wrong_shape_or_dtype():
     with pytest.raises(ValueError, match=r"weight must be \[out_channels, 16, 3, 3\]"):
         winograd.conv3x3(cl(torch.randn(1, 16, 4, 4)), torch.randn(8, 16, 5, 5))
+    with pytest.raises(ValueError, match="weight must be a float32 CPU tensor"):
+        winograd.conv3x3(cl(torch.randn(1, 16, 4, 4)), torch.randn(8, 16, 3, 3, dtype=torch.bfloat16))
 
 
 def test_opcheck():
