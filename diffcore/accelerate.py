@@ -38,6 +38,8 @@ the fused ops (`isinstance` checks still hold); children are never re-created.
   channels_last input they run Winograd's F(2x2, 3x3) on the native extension (1.54-1.68x
   oneDNN's direct convolution over the CIFAR-10 U-Net's layers at batch 16); every other call is
   nn.Conv2d's own forward. Not with backend="torch" or "triton" (the op is native only).
+  Weight changes are followed (see diffcore.winograd._transformed); after a partial write
+  through `.data` outside diffcore.sample, call diffcore.winograd.revalidate().
 
 Everything else is left as it is: GroupNorm without a following SiLU outside those attention
 blocks (e.g. Transformer2DModel's input norm: a plain GroupNorm, which the fused op does not

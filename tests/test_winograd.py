@@ -364,3 +364,45 @@ def test_portable_code_matches(tmp_path):
     if torch.backends.cpu.get_cpu_capability() != "DEFAULT":
         # the switch took effect: the AVX2 code (FMA, other summation order) rounds differently
         assert any(not torch.equal(a, b) for a, b in zip(scalar, _outputs(seed)))
+
+
+def test_cache_follows_a_channels_last_weight_and_replaced_data():
+    m = swapped(nn.Conv2d(16, 24, 3, padding=1)).to(memory_format=torch.channels_last)
+    assert m.weight.is_contiguous(memory_format=torch.channels_last)
+    x = cl(torch.randn(2, 16, 8, 8))
+    with torch.no_grad():
+        m(x)
+        m.weight.data.copy_(torch.randn_like(m.weight))             # in place, probed in memory order
+        check_close(m(x), x, m.weight, m.bias, "channels_last weight after a .data write")
+        m.weight.data = torch.randn(24, 16, 3, 3)                   # new storage
+        check_close(m(x), x, m.weight, m.bias, "after weight.data = ...")
+
+
+def test_weights_that_are_not_dense_or_hold_nan():
+    base = torch.randn(20, 16, 3, 3 * 2)
+    w = base[..., ::2]                                              # stride 2: not dense
+    x = cl(torch.randn(2, 16, 8, 8))
+    check_close(winograd.conv3x3(x, w), x, w, None, "strided weight")
+    nan = torch.randn(20, 16, 3, 3)
+    nan.view(-1)[0] = float("nan")
+    e0 = None
+    for _ in range(2):
+        winograd.conv3x3(x, nan)
+        e = winograd._U[id(nan)]
+        assert e0 is None or e is e0                                 # NaN at a probe: still one entry
+        e0 = e
+
+
+def test_cache_entries_and_finalizers_go_with_the_weight():
+    import gc
+    w = torch.randn(16, 16, 3, 3)
+    x = cl(torch.randn(2, 16, 8, 8))
+    winograd.conv3x3(x, w)
+    watched = len(winograd._WATCHED)
+    winograd.clear_cache()
+    winograd.conv3x3(x, w)
+    assert len(winograd._WATCHED) == watched and id(w) in winograd._U     # no second finalizer
+    i = id(w)
+    del w
+    gc.collect()
+    assert i not in winograd._U and i not in winograd._WATCHED
