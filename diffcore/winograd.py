@@ -26,6 +26,8 @@ import zlib
 import torch
 from torch import nn
 
+from . import ops
+
 __all__ = ["conv3x3", "transform_weight", "revalidate", "clear_cache", "WinogradConv2d", "why_not", "MIN_CHANNELS",
            "MIN_TILES"]
 
@@ -146,17 +148,12 @@ def clear_cache() -> None:
 
 
 def _native_loaded() -> bool:
-    global _NATIVE
-    if _NATIVE is None:
-        try:
-            from . import native  # noqa: F401  (loads the extension, or raises ImportError)
-            _NATIVE = hasattr(torch.ops.diffcore, "conv3x3_winograd")
-        except ImportError:
-            _NATIVE = False
-    return _NATIVE
+    """Whether the native extension (imported once, by diffcore.ops) has the Winograd op."""
+    return ops._backend_module("native") is not None and hasattr(torch.ops.diffcore, "conv3x3_winograd")
 
 
-_NATIVE: bool | None = None
+def _run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.diffcore.conv3x3_winograd(x, _transformed(weight), bias, weight.shape[0])
 
 
 def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -169,7 +166,7 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
                          f"got {tuple(weight.shape)}")
     if weight.dtype != torch.float32 or weight.device.type != "cpu":
         raise ValueError(f"weight must be a float32 CPU tensor; got {weight.dtype} on {weight.device}")
-    return torch.ops.diffcore.conv3x3_winograd(x, _transformed(weight), bias, weight.shape[0])
+    return _run(x, weight, bias)
 
 
 def _geometry(conv: nn.Conv2d) -> str | None:
@@ -221,6 +218,5 @@ class WinogradConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._winograd(x):
-            w = self.weight
-            return torch.ops.diffcore.conv3x3_winograd(x, _transformed(w), self.bias, w.shape[0])
+            return _run(x, self.weight, self.bias)
         return super().forward(x)

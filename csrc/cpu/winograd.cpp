@@ -260,13 +260,6 @@ bool avx2_winograd() {
 #endif
 }
 
-TileFn tile_fn() {
-#ifdef DIFFCORE_HAVE_AVX2
-  if (avx2_winograd()) return tile_6x16_avx2;
-#endif
-  return tile_6x16_scalar;
-}
-
 // M[n x Kp] = V[n x C] U[C x Kp] for n a multiple of 6 (rows past the block's tiles are junk
 // that the output pass never reads) and U packed in 16-column panels.
 void gemm(TileFn f, const float* V, const float* U, float* M, int64_t n, int64_t C, int64_t Kp) {
@@ -287,7 +280,7 @@ void check_winograd(const at::Tensor& x, const at::Tensor& u, const c10::optiona
   TORCH_CHECK(u.dim() == 4 && u.size(0) == 16 && u.size(1) == panels && u.size(2) == x.size(1) &&
                   u.size(3) == kNR && u.is_contiguous(),
               "diffcore: conv3x3_winograd: u must be the contiguous packed weight [16, ", panels, ", ", x.size(1),
-              ", 16] (diffcore.native.winograd_weight); got sizes ", u.sizes());
+              ", 16] (diffcore.winograd.transform_weight); got sizes ", u.sizes());
   if (bias.has_value()) {
     const auto& b = *bias;
     TORCH_CHECK(b.device().is_cpu() && b.scalar_type() == at::kFloat && b.dim() == 1 && b.size(0) == K &&
@@ -314,8 +307,12 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& x, const at::Tensor& u, const 
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   const std::vector<float> zeros(g.C, 0.0f);
-  const TileFn f = tile_fn();
   const bool avx2 = avx2_winograd();
+#ifdef DIFFCORE_HAVE_AVX2
+  const TileFn f = avx2 ? tile_6x16_avx2 : tile_6x16_scalar;
+#else
+  const TileFn f = tile_6x16_scalar;
+#endif
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     std::vector<float> V(16 * Tb * g.C, 0.0f), M(16 * Tb * Kp), sink(g.K);
     for (int64_t blk = b0; blk < b1; ++blk) {
