@@ -117,15 +117,15 @@ def main():
     steps = a.steps or (2 if a.quick else (100 if cuda else 10))
     repeats = 1 if a.quick else a.repeats
     precisions = (a.precisions or ("fp32" if a.quick else ("fp32,bf16,fp16" if cuda else "fp32,bf16"))).split(",")
-    if not cuda and "bf16" in precisions and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        # without AVX-512 (bf16) oneDNN has no bf16 convolutions: autocast sends every conv to
-        # PyTorch's slow reference path (~7x slower than fp32 here), for diffusers and diffcore alike
-        print("bf16 skipped: this CPU has no oneDNN bf16 support (needs AVX-512 BF16 / AMX)")
-        precisions = [p for p in precisions if p != "bf16"]
+    if not cuda and "bf16" in precisions and not diffcore.precision.cpu_has_bf16():
+        # without AVX-512 BF16 / AMX oneDNN has no bf16 convolutions: diffusers under autocast runs
+        # PyTorch's slow reference convolutions (a run takes minutes); diffcore runs its bf16 kernels
+        print("bf16: this CPU has no oneDNN bf16 (AVX-512 BF16 / AMX); diffusers' bf16 runs take minutes")
 
     unet = cifar_unet().to(a.device)
     rows, ratios = [], {}
     name = "sampling" + ("_cuda" if cuda else "") + ("_compile" if a.compile_only else "") + \
+        ("_" + "_".join(precisions) if a.precisions else "") + \
         ("_quick" if a.quick else (f"_batch{batch}" if a.batch is not None and batch != (256 if cuda else 16) else ""))
 
     # equality first: fp32 diffcore vs diffusers' loop with the same noise (on CUDA without TF32,

@@ -8,7 +8,9 @@ such layers (batch 16, 2 threads, AMD EPYC; 1.2-2.0x per layer; benchmarks/RESUL
 
     y = conv3x3(x, weight, bias)   # F.conv2d(x, weight, bias, padding=1), float32 rounding apart
 
-x: float32 CPU [B, C, H, W] in channels_last; the output is channels_last too. The transformed
+x: float32 or bfloat16 CPU [B, C, H, W] in channels_last; the output is channels_last too, in x's
+dtype (bf16: the weight and bias rounded to bf16, float32 arithmetic, the output rounded once,
+as a bf16 convolution with float32 accumulation; for CPUs whose oneDNN has no bf16). The transformed
 weight (G g G^T, computed in float64) is made once per weight and kept while the weight is
 unchanged (see _transformed), in a registry dropped with the weight.
 
@@ -26,7 +28,7 @@ import zlib
 import torch
 from torch import nn
 
-from . import ops
+from . import ops, precision
 
 __all__ = ["conv3x3", "transform_weight", "revalidate", "clear_cache", "WinogradConv2d", "why_not", "MIN_CHANNELS",
            "MIN_TILES"]
@@ -45,7 +47,8 @@ _PROBES = 256   # weight values compared on every call (see _transformed)
 
 
 class _Entry:
-    """A weight's cached transform and what tells whether the weight still has those values."""
+    """A weight's cached transforms (u[False]: of its values, u[True]: of its values rounded to
+    bfloat16, made on first use) and what tells whether the weight still has those values."""
     __slots__ = ("key", "probe", "digest", "epoch", "u")
 
     def __init__(self, weight: torch.Tensor):
@@ -54,7 +57,7 @@ class _Entry:
         self.probe = _probe(w)
         self.digest = _digest(w)   # for the full check once per epoch (a copy would double the weights' memory)
         self.epoch = _EPOCH
-        self.u = transform_weight(w)
+        self.u: dict[bool, torch.Tensor] = {}
 
 
 _U: dict[int, _Entry] = {}   # id(weight) -> its entry, dropped with the weight
@@ -98,7 +101,7 @@ def _flat(w: torch.Tensor) -> torch.Tensor:
 
 def _digest(w: torch.Tensor) -> int:
     """CRC-32 of w's bytes (2.3 GB/s here: about 50 ms for the CIFAR U-Net's 3x3 weights)."""
-    return zlib.crc32(_flat(w).contiguous().numpy().data)
+    return zlib.crc32(_flat(w).contiguous().view(torch.uint8).numpy().data)
 
 
 def _probe(w: torch.Tensor) -> torch.Tensor:
@@ -108,8 +111,12 @@ def _probe(w: torch.Tensor) -> torch.Tensor:
     return flat[::step].clone()
 
 
-def _transformed(weight: torch.Tensor) -> torch.Tensor:
-    """The packed transform of weight, remade when the weight changes. Every call checks the
+def _transform(weight: torch.Tensor, bf16: bool) -> torch.Tensor:
+    return transform_weight(weight.to(torch.bfloat16) if bf16 else weight)
+
+
+def _transformed(weight: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """The packed transform of weight (of weight rounded to bfloat16 if bf16), remade when the weight changes. Every call checks the
     weight's version counter, its address and 256 of its values spread over the tensor: writes
     through `weight.data` (EMA swaps, merged adapters) move no version counter, but a write
     that replaces the weight changes those values. Once per epoch (diffcore.sample starts one,
@@ -118,11 +125,11 @@ def _transformed(weight: torch.Tensor) -> torch.Tensor:
     weight per forward (a fifth of a batch-1 forward of the CIFAR U-Net on CPU). A weight made
     under inference mode has no version counter: it is transformed on every call."""
     if weight.is_inference():
-        return transform_weight(weight)
+        return _transform(weight, bf16)
     w = weight.detach()
     e = _U.get(id(weight))
     stale = (e is None or e.key != (weight._version, w.data_ptr())
-             or not torch.equal(e.probe.view(torch.int32), _probe(w).view(torch.int32))   # bits: NaN == NaN
+             or not torch.equal(e.probe.view(torch.uint8), _probe(w).view(torch.uint8))   # bits: NaN == NaN
              or (e.epoch != _EPOCH and e.digest != _digest(w)))
     if stale:
         if id(weight) not in _WATCHED:   # one finalizer per live weight, whatever clear_cache did
@@ -130,7 +137,10 @@ def _transformed(weight: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(False), torch.no_grad():
             e = _U[id(weight)] = _Entry(weight)
     e.epoch = _EPOCH
-    return e.u
+    if bf16 not in e.u:
+        with torch.inference_mode(False), torch.no_grad():
+            e.u[bf16] = _transform(w, bf16)
+    return e.u[bf16]
 
 
 def revalidate() -> None:
@@ -153,19 +163,31 @@ def _native_loaded() -> bool:
 
 
 def _run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.diffcore.conv3x3_winograd(x, _transformed(weight), bias, weight.shape[0])
+    """float32 x: float32 weight and bias. bfloat16 x: weight and bias rounded to bfloat16 (as
+    autocast casts a convolution's operands), float32 arithmetic, the output rounded once."""
+    bf16 = x.dtype == torch.bfloat16
+    if bf16 and bias is not None:
+        bias = bias.to(torch.bfloat16)
+    return torch.ops.diffcore.conv3x3_winograd(x, _transformed(weight, bf16), bias, weight.shape[0])
 
 
 def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.conv2d(x, weight, bias, padding=1) by Winograd F(2x2, 3x3) (see the module docstring)."""
+    """F.conv2d(x, weight, bias, padding=1) by Winograd F(2x2, 3x3) (see the module docstring).
+    bfloat16 x: a bf16 convolution (weight and bias rounded to bf16, float32 accumulation, a
+    bf16 output), as under CPU autocast."""
     if not _native_loaded():
         raise RuntimeError("diffcore.winograd.conv3x3 needs the native extension (diffcore.native), which did "
                            "not load here")
     if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3) or weight.shape[1] != x.shape[1]:
         raise ValueError(f"weight must be [out_channels, {x.shape[1]}, 3, 3] for x of shape {tuple(x.shape)}; "
                          f"got {tuple(weight.shape)}")
-    if weight.dtype != torch.float32 or weight.device.type != "cpu":
-        raise ValueError(f"weight must be a float32 CPU tensor; got {weight.dtype} on {weight.device}")
+    accepted = (torch.float32, torch.bfloat16) if x.dtype == torch.bfloat16 else (torch.float32,)
+    if weight.dtype not in accepted or weight.device.type != "cpu":
+        raise ValueError(f"weight must be a CPU tensor of dtype {' or '.join(map(str, accepted))} for x of dtype "
+                         f"{x.dtype}; got {weight.dtype} on {weight.device}")
+    if bias is not None and (bias.dtype not in accepted or bias.device.type != "cpu"):
+        raise ValueError(f"bias must be None or a CPU tensor of dtype {' or '.join(map(str, accepted))} for x of "
+                         f"dtype {x.dtype}; got {bias.dtype} on {bias.device}")
     return _run(x, weight, bias)
 
 
@@ -195,28 +217,40 @@ def why_not(conv: nn.Conv2d) -> str | None:
 
 
 class WinogradConv2d(nn.Conv2d):
-    """nn.Conv2d(3x3, stride 1, padding 1) whose float32 CPU inference on channels_last input
-    runs through the Winograd op; every other call is nn.Conv2d's forward: another geometry
-    (checked on each call, so a changed stride or padding is honoured), training (any of x,
-    weight, bias needing grad), autocast (its convolutions run in the autocast dtype), other
+    """nn.Conv2d(3x3, stride 1, padding 1) whose CPU inference on channels_last input runs
+    through the Winograd op: float32, and bfloat16 on CPUs whose oneDNN has no bf16
+    convolutions (under CPU autocast to bfloat16, or with bfloat16 input and weight), where
+    PyTorch's bf16 convolution is its slow reference path. Every other call is nn.Conv2d's
+    forward: another geometry (checked on each call, so a changed stride or padding is
+    honoured), training (any of x, weight, bias needing grad), autocast to another dtype, other
     devices or dtypes, NCHW input, fewer than MIN_TILES output tiles, torch.compile, jit or FX
     tracing, no extension."""
 
-    def _winograd(self, x: torch.Tensor) -> bool:
+    def _winograd(self, x: torch.Tensor) -> torch.dtype | None:
+        """The dtype the op runs in for this call (None: nn.Conv2d's forward)."""
         w, b = self.weight, self.bias
-        return (isinstance(x, torch.Tensor)                # not an FX tracing proxy
-                and x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
-                and w.device.type == "cpu" and x.dim() == 4 and x.shape[1] == w.shape[1]
-                and (b is None or (b.dtype == torch.float32 and b.device.type == "cpu" and b.is_contiguous()))
+        if not (isinstance(x, torch.Tensor)                # not an FX tracing proxy
+                and x.device.type == "cpu" and w.device.type == "cpu" and (b is None or b.device.type == "cpu")
+                and x.dim() == 4 and x.shape[1] == w.shape[1]
                 and x.is_contiguous(memory_format=torch.channels_last)
                 and x.shape[0] * ((x.shape[2] + 1) // 2) * ((x.shape[3] + 1) // 2) >= MIN_TILES
                 and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b)))
-                and not torch.is_autocast_enabled("cpu")
                 and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-                and _geometry(self) is None
-                and _native_loaded())
+                and _geometry(self) is None):
+            return None
+        dtypes = {x.dtype, w.dtype} | ({b.dtype} if b is not None else set())
+        if torch.is_autocast_enabled("cpu"):
+            # autocast would cast x, weight and bias to its dtype: the op does the same for bf16
+            ok = (torch.get_autocast_dtype("cpu") == torch.bfloat16 and dtypes <= {torch.float32, torch.bfloat16}
+                  and not precision.cpu_has_bf16())
+            dtype = torch.bfloat16
+        else:
+            dtype = x.dtype
+            ok = dtypes == {torch.float32} or (dtypes == {torch.bfloat16} and not precision.cpu_has_bf16())
+        return dtype if ok and _native_loaded() else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._winograd(x):
-            return _run(x, self.weight, self.bias)
+        dtype = self._winograd(x)
+        if dtype is not None:
+            return _run(x.to(dtype), self.weight, self.bias)
         return super().forward(x)

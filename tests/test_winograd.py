@@ -103,7 +103,7 @@ def test_op_rejects_bad_input_with_a_named_argument(bad, match):
 def test_conv3x3_rejects_a_weight_of_the_wrong_shape_or_dtype():
     with pytest.raises(ValueError, match=r"weight must be \[out_channels, 16, 3, 3\]"):
         winograd.conv3x3(cl(torch.randn(1, 16, 4, 4)), torch.randn(8, 16, 5, 5))
-    with pytest.raises(ValueError, match="weight must be a float32 CPU tensor"):
+    with pytest.raises(ValueError, match="weight must be a CPU tensor of dtype torch.float32 for x of dtype torch.float32"):
         winograd.conv3x3(cl(torch.randn(1, 16, 4, 4)), torch.randn(8, 16, 3, 3, dtype=torch.bfloat16))
 
 
@@ -186,7 +186,7 @@ def count_winograd_calls(monkeypatch) -> list:
     """Record every call that takes the Winograd path (each fetches the weight transform once)."""
     calls = []
     real = winograd._transformed
-    monkeypatch.setattr(winograd, "_transformed", lambda w: calls.append(tuple(w.shape)) or real(w))
+    monkeypatch.setattr(winograd, "_transformed", lambda w, bf16=False: calls.append(tuple(w.shape)) or real(w, bf16))
     return calls
 
 

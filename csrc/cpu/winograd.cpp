@@ -12,7 +12,13 @@
 // diffcore.winograd.transform_weight, packed in 16-column panels), then M -> y (A^T m A + bias).
 // A block's V and M stay in L2 between the three steps; the transforms are adds over rows of C.
 // Rounding: within a few float32 ulps of the output's scale (tests/test_winograd.py).
+//
+// bfloat16 input (CPUs whose oneDNN has no bf16 convolutions, where autocast would take
+// PyTorch's slow reference path): the same arithmetic on the bf16 values widened to float32,
+// the output rounded to bf16 once (nearest even), as a bf16 convolution with float32
+// accumulation rounds it. V, U and M stay float32.
 #include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -29,8 +35,8 @@ namespace {
 
 // B^T d B for channels [c, c + L) of one tile: p[k] (k = 4 * row + col) points at the tile's
 // input pixel rows (or a row of zeros outside the image); v[k] at the tile's rows of V.
-template <int L>
-DC_INLINE void input_tile(const float* const* p, float* const* v, int64_t c) {
+template <int L, typename T>
+DC_INLINE void input_tile(const T* const* p, float* const* v, int64_t c) {
   float d[16][L], u[16][L];
   for (int k = 0; k < 16; ++k)
     for (int l = 0; l < L; ++l) d[k][l] = p[k][c + l];
@@ -53,8 +59,8 @@ DC_INLINE void input_tile(const float* const* p, float* const* v, int64_t c) {
 
 // A^T m A + bias for channels [c, c + L) of one tile: m[k] the tile's rows of M, y[4] its
 // 2x2 output pixel rows (a scratch row for pixels outside an odd-sized image).
-template <int L>
-DC_INLINE void output_tile(const float* const* m, float* const* y, const float* bias, int64_t c) {
+template <int L, typename T>
+DC_INLINE void output_tile(const float* const* m, T* const* y, const float* bias, int64_t c) {
   float a[4][L], b[4][L];
   for (int s = 0; s < 4; ++s)      // rows: A^T m
     for (int l = 0; l < L; ++l) {
@@ -78,13 +84,27 @@ constexpr int kLanes = 8;   // one AVX2 vector of float32
 // spills the 16 x 8 tile to the stack): one output row of V at a time from the two input rows
 // it needs, so that a dozen registers suffice.
 #define DC_AVX2_FN inline __attribute__((always_inline, target("avx2,fma")))
-DC_AVX2_FN void input_tile_avx2(const float* const* p, float* const* v, int64_t c) {
+DC_AVX2_FN __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+DC_AVX2_FN __m256 load8(const c10::BFloat16* p) {   // bf16 -> float32 is exact: the bits shifted up
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+}
+DC_AVX2_FN void store8(float* y, __m256 v) { _mm256_storeu_ps(y, v); }
+DC_AVX2_FN void store8(c10::BFloat16* y, __m256 v) {   // round to nearest even, NaN -> quiet NaN (c10's rule)
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+  _mm_storeu_si128((__m128i*)y, _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+}
+
+template <typename T>
+DC_AVX2_FN void input_tile_avx2(const T* const* p, float* const* v, int64_t c) {
   for (int r = 0; r < 4; ++r) {
     // row r of B^T d from input rows (first, second): d0 - d2, d1 + d2, d2 - d1, d1 - d3
     static constexpr int first[4] = {0, 4, 8, 4}, second[4] = {8, 8, 4, 12};
     __m256 u[4];
     for (int s = 0; s < 4; ++s) {
-      const __m256 a = _mm256_loadu_ps(p[first[r] + s] + c), b = _mm256_loadu_ps(p[second[r] + s] + c);
+      const __m256 a = load8(p[first[r] + s] + c), b = load8(p[second[r] + s] + c);
       u[s] = r == 1 ? _mm256_add_ps(a, b) : _mm256_sub_ps(a, b);
     }
     _mm256_storeu_ps(v[4 * r] + c, _mm256_sub_ps(u[0], u[2]));
@@ -94,7 +114,8 @@ DC_AVX2_FN void input_tile_avx2(const float* const* p, float* const* v, int64_t 
   }
 }
 
-DC_AVX2_FN void output_tile_avx2(const float* const* m, float* const* y, const float* bias, int64_t c) {
+template <typename T>
+DC_AVX2_FN void output_tile_avx2(const float* const* m, T* const* y, const float* bias, int64_t c) {
   __m256 a[4], b[4];
   for (int s = 0; s < 4; ++s) {
     const __m256 m0 = _mm256_loadu_ps(m[s] + c), m1 = _mm256_loadu_ps(m[4 + s] + c);
@@ -103,23 +124,25 @@ DC_AVX2_FN void output_tile_avx2(const float* const* m, float* const* y, const f
     b[s] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
   }
   const __m256 z = bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
-  _mm256_storeu_ps(y[0] + c, _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), a[2]), z));
-  _mm256_storeu_ps(y[1] + c, _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(a[1], a[2]), a[3]), z));
-  _mm256_storeu_ps(y[2] + c, _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(b[0], b[1]), b[2]), z));
-  _mm256_storeu_ps(y[3] + c, _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(b[1], b[2]), b[3]), z));
+  store8(y[0] + c, _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), a[2]), z));
+  store8(y[1] + c, _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(a[1], a[2]), a[3]), z));
+  store8(y[2] + c, _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(b[0], b[1]), b[2]), z));
+  store8(y[3] + c, _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(b[1], b[2]), b[3]), z));
 }
 
-__attribute__((target("avx2,fma"))) void input_rows_avx2(const float* const* p, float* const* v, int64_t C) {
+template <typename T>
+__attribute__((target("avx2,fma"))) void input_rows_avx2(const T* const* p, float* const* v, int64_t C) {
   int64_t c = 0;
   for (; c + kLanes <= C; c += kLanes) input_tile_avx2(p, v, c);
-  for (; c < C; ++c) input_tile<1>(p, v, c);
+  for (; c < C; ++c) input_tile<1, T>(p, v, c);
 }
 
-__attribute__((target("avx2,fma"))) void output_rows_avx2(const float* const* m, float* const* y, const float* bias,
+template <typename T>
+__attribute__((target("avx2,fma"))) void output_rows_avx2(const float* const* m, T* const* y, const float* bias,
                                                            int64_t K) {
   int64_t c = 0;
   for (; c + kLanes <= K; c += kLanes) output_tile_avx2(m, y, bias, c);
-  for (; c < K; ++c) output_tile<1>(m, y, bias, c);
+  for (; c < K; ++c) output_tile<1, T>(m, y, bias, c);
 }
 #undef DC_AVX2_FN
 #endif
@@ -130,7 +153,8 @@ struct Geometry {
 };
 
 // Tile t's 16 input rows: pixel (2i - 1 + r, 2j - 1 + s) of image b, or the zero row.
-DC_INLINE void tile_inputs(const Geometry& g, const float* x, const float* zeros, int64_t t, const float** p) {
+template <typename T>
+DC_INLINE void tile_inputs(const Geometry& g, const T* x, const T* zeros, int64_t t, const T** p) {
   const int64_t b = t / (g.th * g.tw), i = t / g.tw % g.th, j = t % g.tw;
   for (int r = 0; r < 4; ++r)
     for (int s = 0; s < 4; ++s) {
@@ -139,7 +163,8 @@ DC_INLINE void tile_inputs(const Geometry& g, const float* x, const float* zeros
     }
 }
 
-DC_INLINE void tile_outputs(const Geometry& g, float* y, float* sink, int64_t t, float** q) {
+template <typename T>
+DC_INLINE void tile_outputs(const Geometry& g, T* y, T* sink, int64_t t, T** q) {
   const int64_t b = t / (g.th * g.tw), i = t / g.tw % g.th, j = t % g.tw;
   for (int r = 0; r < 2; ++r)
     for (int s = 0; s < 2; ++s) {
@@ -149,9 +174,10 @@ DC_INLINE void tile_outputs(const Geometry& g, float* y, float* sink, int64_t t,
 }
 
 // Tiles [t0, t1) into V (rows of n tiles per element: V[k][t - t0][c]).
-void input_pass(const Geometry& g, const float* x, const float* zeros, float* V, int64_t n, int64_t t0, int64_t t1,
+template <typename T>
+void input_pass(const Geometry& g, const T* x, const T* zeros, float* V, int64_t n, int64_t t0, int64_t t1,
                 bool avx2) {
-  const float* p[16];
+  const T* p[16];
   float* v[16];
   for (int64_t t = t0; t < t1; ++t) {
     tile_inputs(g, x, zeros, t, p);
@@ -163,15 +189,16 @@ void input_pass(const Geometry& g, const float* x, const float* zeros, float* V,
     }
 #endif
     int64_t c = 0;
-    for (; c + kLanes <= g.C; c += kLanes) input_tile<kLanes>(p, v, c);
-    for (; c < g.C; ++c) input_tile<1>(p, v, c);
+    for (; c + kLanes <= g.C; c += kLanes) input_tile<kLanes, T>(p, v, c);
+    for (; c < g.C; ++c) input_tile<1, T>(p, v, c);
   }
 }
 
-void output_pass(const Geometry& g, const float* M, int64_t n, int64_t ldm, const float* bias, float* y, float* sink,
+template <typename T>
+void output_pass(const Geometry& g, const float* M, int64_t n, int64_t ldm, const float* bias, T* y, T* sink,
                  int64_t t0, int64_t t1, bool avx2) {
   const float* m[16];
-  float* q[4];
+  T* q[4];
   for (int64_t t = t0; t < t1; ++t) {
     tile_outputs(g, y, sink, t, q);
     for (int k = 0; k < 16; ++k) m[k] = M + (k * n + (t - t0)) * ldm;
@@ -182,8 +209,8 @@ void output_pass(const Geometry& g, const float* M, int64_t n, int64_t ldm, cons
     }
 #endif
     int64_t c = 0;
-    for (; c + kLanes <= g.K; c += kLanes) output_tile<kLanes>(m, q, bias, c);
-    for (; c < g.K; ++c) output_tile<1>(m, q, bias, c);
+    for (; c + kLanes <= g.K; c += kLanes) output_tile<kLanes, T>(m, q, bias, c);
+    for (; c < g.K; ++c) output_tile<1, T>(m, q, bias, c);
   }
 }
 
@@ -270,7 +297,8 @@ void gemm(TileFn f, const float* V, const float* U, float* M, int64_t n, int64_t
 void check_winograd(const at::Tensor& x, const at::Tensor& u, const c10::optional<at::Tensor>& bias, int64_t K) {
   TORCH_CHECK(x.device().is_cpu(), "diffcore: conv3x3_winograd: x must be a CPU tensor; got ", x.device());
   TORCH_CHECK(u.device().is_cpu(), "diffcore: conv3x3_winograd: u must be a CPU tensor; got ", u.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat, "diffcore: conv3x3_winograd: x must be float32; got ", x.scalar_type());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+              "diffcore: conv3x3_winograd: x must be float32 or bfloat16; got ", x.scalar_type());
   TORCH_CHECK(u.scalar_type() == at::kFloat, "diffcore: conv3x3_winograd: u must be float32; got ", u.scalar_type());
   TORCH_CHECK(x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast),
               "diffcore: conv3x3_winograd: x must be a 4-D channels_last tensor [B, C, H, W]; got sizes ", x.sizes(),
@@ -283,30 +311,21 @@ void check_winograd(const at::Tensor& x, const at::Tensor& u, const c10::optiona
               ", 16] (diffcore.winograd.transform_weight); got sizes ", u.sizes());
   if (bias.has_value()) {
     const auto& b = *bias;
-    TORCH_CHECK(b.device().is_cpu() && b.scalar_type() == at::kFloat && b.dim() == 1 && b.size(0) == K &&
-                    b.is_contiguous(),
-                "diffcore: conv3x3_winograd: bias must be a contiguous float32 CPU [out_channels] = [", K, "]; got ",
-                b.sizes(), " ", b.scalar_type());
+    TORCH_CHECK(b.device().is_cpu() && (b.scalar_type() == at::kFloat || b.scalar_type() == x.scalar_type()) &&
+                    b.dim() == 1 && b.size(0) == K,
+                "diffcore: conv3x3_winograd: bias must be a float32 (or x's dtype) CPU [out_channels] = [", K,
+                "]; got ", b.sizes(), " ", b.scalar_type(), " on ", b.device());
   }
 }
 
-at::Tensor conv3x3_winograd_cpu(const at::Tensor& x, const at::Tensor& u, const c10::optional<at::Tensor>& bias,
-                                int64_t K) {
-  check_winograd(x, u, bias, K);
-  Geometry g{x.size(0), x.size(1), x.size(2), x.size(3), K, (x.size(2) + 1) / 2, (x.size(3) + 1) / 2};
-  auto y = pooled_empty_strided({g.B, g.K, g.H, g.W}, {g.H * g.W * g.K, 1, g.W * g.K, g.K}, at::kFloat);
-  if (y.numel() == 0) return y;
-  if (g.C == 0) return bias.has_value() ? y.copy_(bias->view({1, g.K, 1, 1}).expand_as(y)) : y.zero_();
-  const int64_t Kp = u.size(1) * kNR, T = g.B * g.th * g.tw;
+template <typename T>
+void winograd_run(const Geometry& g, const T* xp, const float* up, int64_t Kp, const float* bp, T* yp) {
+  const int64_t T_ = g.B * g.th * g.tw;
   // fewer tiles than 24 per thread (small images, batch 1): smaller blocks, so every thread has one
-  const int64_t per_thread = (T + at::get_num_threads() - 1) / at::get_num_threads();
+  const int64_t per_thread = (T_ + at::get_num_threads() - 1) / at::get_num_threads();
   const int64_t Tb = std::min(kBlockTiles, (per_thread + kMR - 1) / kMR * kMR);
-  const int64_t blocks = (T + Tb - 1) / Tb;
-  const float* xp = x.data_ptr<float>();
-  const float* up = u.data_ptr<float>();
-  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
-  float* yp = y.data_ptr<float>();
-  const std::vector<float> zeros(g.C, 0.0f);
+  const int64_t blocks = (T_ + Tb - 1) / Tb;
+  const std::vector<T> zeros(g.C, T(0.0f));
   const bool avx2 = avx2_winograd();
 #ifdef DIFFCORE_HAVE_AVX2
   const TileFn f = avx2 ? tile_6x16_avx2 : tile_6x16_scalar;
@@ -314,15 +333,34 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& x, const at::Tensor& u, const 
   const TileFn f = tile_6x16_scalar;
 #endif
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> V(16 * Tb * g.C, 0.0f), M(16 * Tb * Kp), sink(g.K);
+    std::vector<float> V(16 * Tb * g.C, 0.0f), M(16 * Tb * Kp);
+    std::vector<T> sink(g.K);
     for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t t0 = blk * Tb, t1 = std::min(T, t0 + Tb), n = (t1 - t0 + kMR - 1) / kMR * kMR;
+      const int64_t t0 = blk * Tb, t1 = std::min(T_, t0 + Tb), n = (t1 - t0 + kMR - 1) / kMR * kMR;
       input_pass(g, xp, zeros.data(), V.data(), Tb, t0, t1, avx2);
       for (int k = 0; k < 16; ++k)
         gemm(f, V.data() + k * Tb * g.C, up + k * Kp * g.C, M.data() + k * Tb * Kp, n, g.C, Kp);
       output_pass(g, M.data(), Tb, Kp, bp, yp, sink.data(), t0, t1, avx2);
     }
   });
+}
+
+at::Tensor conv3x3_winograd_cpu(const at::Tensor& x, const at::Tensor& u, const c10::optional<at::Tensor>& bias,
+                                int64_t K) {
+  check_winograd(x, u, bias, K);
+  Geometry g{x.size(0), x.size(1), x.size(2), x.size(3), K, (x.size(2) + 1) / 2, (x.size(3) + 1) / 2};
+  auto y = pooled_empty_strided({g.B, g.K, g.H, g.W}, {g.H * g.W * g.K, 1, g.W * g.K, g.K}, x.scalar_type());
+  if (y.numel() == 0) return y;
+  if (g.C == 0) return bias.has_value() ? y.copy_(bias->view({1, g.K, 1, 1}).expand_as(y)) : y.zero_();
+  // the bias is added in float32 before the output's one rounding
+  const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+  const float* up = u.data_ptr<float>();
+  const int64_t Kp = u.size(1) * kNR;
+  if (x.scalar_type() == at::kBFloat16)
+    winograd_run(g, x.data_ptr<c10::BFloat16>(), up, Kp, bp, y.data_ptr<c10::BFloat16>());
+  else
+    winograd_run(g, x.data_ptr<float>(), up, Kp, bp, y.data_ptr<float>());
   return y;
 }
 
