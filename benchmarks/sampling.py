@@ -11,6 +11,9 @@ configuration, random init), side by side in one run, the same weights, steps an
 
 in each precision: fp32, bf16 (diffusers under torch.autocast(bfloat16); diffcore
 precision="bf16") and on CUDA fp16 (diffusers' unet.half(), diffcore precision="fp16").
+On a CPU where oneDNN has no bf16 (AVX2 only), bf16 adds "diffusers widened bf16": the
+pipeline under diffcore.precision.autocast, whose widened convolutions and matrix products
+any model gets without accelerate.
 Equality: diffcore's fp32 samples against diffusers' own loop fed the same noise (its
 randn_tensor replaced by diffcore's generator for the same step), max |difference| reported.
 
@@ -54,15 +57,18 @@ def scheduler():
                                    variance_type="fixed_small", clip_sample=True)
 
 
-def diffusers_runner(unet, steps, batch, precision, device):
+def diffusers_runner(unet, steps, batch, precision, device, widened=False):
+    """widened: bf16 under diffcore.precision.autocast (diffusers' own model, diffcore's widened
+    convolutions and matrix products) instead of torch.autocast."""
     import diffusers
     pipe = diffusers.DDPMPipeline(unet=unet, scheduler=scheduler()).to(device)
     pipe.set_progress_bar_config(disable=True)
     g = torch.Generator(device=device).manual_seed(0)
+    cast = diffcore.precision.autocast if widened else torch.autocast
 
     def run():
         if precision == "bf16":
-            with torch.autocast(device, dtype=torch.bfloat16):
+            with cast(device, dtype=torch.bfloat16):
                 return pipe(batch_size=batch, num_inference_steps=steps, generator=g, output_type="np")
         return pipe(batch_size=batch, num_inference_steps=steps, generator=g, output_type="np")
     return run
@@ -105,6 +111,9 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--precisions", default=None, help="comma list (default: fp32,bf16 on CPU; +fp16 on CUDA)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile contender")
+    ap.add_argument("--no-slow-bf16", action="store_true",
+                    help="where oneDNN has no bf16: skip diffusers under torch.autocast(bf16) (minutes per run), "
+                         "keep 'diffusers widened bf16'")
     ap.add_argument("--compile-only", action="store_true",
                     help="only the torch.compile contests (no equality check, no eager contests): a separate "
                          "results file, for a second, later run")
@@ -120,11 +129,13 @@ def main():
     if not cuda and "bf16" in precisions and not diffcore.precision.cpu_has_bf16():
         # without AVX-512 BF16 / AMX oneDNN has no bf16 convolutions: diffusers under autocast runs
         # PyTorch's slow reference convolutions (a run takes minutes); diffcore runs its bf16 kernels
-        print("bf16: this CPU has no oneDNN bf16 (AVX-512 BF16 / AMX); diffusers' bf16 runs take minutes")
+        print("bf16: oneDNN has no bf16 kernels for this CPU: diffusers under torch.autocast runs PyTorch's slow "
+              "reference kernels (minutes per run); 'diffusers widened bf16' runs it under diffcore.precision.autocast")
 
     unet = cifar_unet().to(a.device)
     rows, ratios = [], {}
     name = "sampling" + ("_cuda" if cuda else "") + ("_compile" if a.compile_only else "") + \
+        ("_widened" if a.no_slow_bf16 else "") + \
         ("_" + "_".join(precisions) if a.precisions else "") + \
         ("_quick" if a.quick else (f"_batch{batch}" if a.batch is not None and batch != (256 if cuda else 16) else ""))
 
@@ -156,9 +167,14 @@ def main():
     # eager contenders for every precision first, then the compiled ones (compiling, max-autotune on
     # CUDA, takes minutes: its figures come last so that a time limit cannot take the others)
     for prec in ([] if a.compile_only else precisions):
-        contest(prec, {"diffusers": diffusers_runner(unet if prec != "fp16" else copy.deepcopy(unet).half(), steps,
-                                                     batch, prec, a.device),
-                       "diffcore": diffcore_runner(unet, steps, batch, prec, a.device)})
+        slow_bf16 = prec == "bf16" and not cuda and not diffcore.precision.cpu_has_bf16()
+        fns = {} if slow_bf16 and a.no_slow_bf16 else {
+            "diffusers": diffusers_runner(unet if prec != "fp16" else copy.deepcopy(unet).half(), steps, batch, prec,
+                                          a.device)}
+        if slow_bf16:
+            # how much of diffcore's bf16 figure any model gets from the widened ops alone
+            fns["diffusers widened bf16"] = diffusers_runner(unet, steps, batch, prec, a.device, widened=True)
+        contest(prec, {**fns, "diffcore": diffcore_runner(unet, steps, batch, prec, a.device)})
     for prec in ([] if a.no_compile else [p for p in precisions if p != "fp16"]):
         cu = torch.compile(copy.deepcopy(unet), mode="max-autotune" if cuda else None)
         contest(prec, {"diffusers+compile": diffusers_runner(cu, steps, batch, prec, a.device),

@@ -42,6 +42,8 @@ def cmd_info(args) -> int:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else _cpu_name()
     print(json.dumps({"diffcore": diffcore.__version__, "torch": torch.__version__,
                       "cuda": torch.cuda.is_available(), "device": device, "threads": torch.get_num_threads(), "backends": backends, "cpu_backend_per_op": chosen,
+                      "cpu_bf16": "oneDNN" if diffcore.precision.cpu_has_bf16() else
+                      "widened: bf16 operands, float32 arithmetic (no AVX-512 BF16 / AMX here; diffcore.precision)",
                       "methods": sorted(METHODS)}, indent=2))
     return 0
 

@@ -9,7 +9,8 @@ chunked under a memory budget, with each step captured once as a CUDA graph and 
   "triton"; None: DIFFCORE_BACKEND, else the fastest present). Methods a plan cannot express
   (rk45's per-sample adaptive steps, controllable generation) run the reference sampler.
 - precision: the network runs under autocast in fp32 / bf16 / fp16; the sampler state and the
-  schedule arithmetic stay float32 (float64 when dtype=float64).
+  schedule arithmetic stay float32 (float64 when dtype=float64). bf16 on a CPU where oneDNN has
+  no bf16 kernels: diffcore.precision.autocast (bf16 operands and outputs, float32 arithmetic).
 - Sample i's noise depends only on (seed, i, step), so the samples are the same whatever
   max_batch (the chunk size), start offset or backend (to rounding across backends).
 - On CUDA (cuda_graph="auto" or True) one whole step — network and update, every predictor and

@@ -1,9 +1,10 @@
 """Precision policy: the network runs in the precision asked for, sampler state and schedule
 arithmetic stay float32 (the wrapper hands back float32 outputs).
 
-bf16 on CPUs without bf16 instructions (no AVX-512 BF16 / AMX, so oneDNN has no bf16
-convolutions or GEMMs): under torch.autocast PyTorch sends every bf16 convolution and matrix
-product to its slow reference kernels (about 7x slower than float32 on the CIFAR-10 U-Net).
+bf16 on CPUs where oneDNN has no bf16 kernels (PyTorch's check: AVX-512 BW/VL/DQ, AVX-512
+BF16, AMX or AVX-NE-CONVERT; an AVX2 machine such as the project's AMD EPYC has none): under
+torch.autocast PyTorch sends every bf16 convolution and matrix product to its slow reference
+kernels (about 9x slower than float32 on the CIFAR-10 U-Net here).
 `autocast` then also widens those ops, as oneDNN's own bf16 emulation does: their operands
 rounded to bf16 (what autocast's cast does), the arithmetic in float32 (exact products of bf16
 values, float32 accumulation) by the fast float32 kernels, the output rounded to bf16. The
@@ -25,18 +26,23 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _LOW = (torch.float32, torch.float16, torch.bfloat16)   # what autocast casts to bf16 (not float64)
 
 F = torch.nn.functional
-# the ops CPU autocast runs in bf16 whose bf16 kernels are slow without bf16 instructions
-# (scaled_dot_product_attention has its own vectorised bf16 kernel and is left to autocast)
+# the ops CPU autocast runs in bf16 whose bf16 kernels are slow without oneDNN bf16
+# (scaled_dot_product_attention is left to autocast: its bf16 kernel took 54 ms of a 1.2 s
+# CIFAR U-Net forward here). einsum: only a two-operand contraction, which autocast runs as one
+# bf16 bmm (see _einsum_is_one_product).
 WIDENED = frozenset({
     F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, F.linear,
-    torch.matmul, torch.mm, torch.bmm, torch.addmm, torch.baddbmm, torch.einsum,
-    torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.mm, torch.Tensor.bmm,
+    torch.matmul, torch.mm, torch.bmm, torch.addmm, torch.baddbmm, torch.addbmm, torch.einsum,
+    torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__, torch.Tensor.mm, torch.Tensor.bmm,
+    torch.Tensor.addmm, torch.Tensor.baddbmm, torch.Tensor.addbmm,
 })
 
 
 @functools.lru_cache(maxsize=None)
 def cpu_has_bf16() -> bool:
-    """Whether oneDNN runs bf16 convolutions and GEMMs natively on this CPU (AVX-512 BF16, AMX)."""
+    """Whether oneDNN has bf16 convolutions and GEMMs for this CPU (torch.ops.mkldnn.
+    _is_mkldnn_bf16_supported: AVX-512 BW/VL/DQ or newer); without them autocast's bf16 convolutions
+    and matrix products take PyTorch's slow reference kernels."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):   # a build without oneDNN: assume native, change nothing
@@ -47,6 +53,22 @@ def _cpu_bf16_autocast() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
+def _einsum_is_one_product(args) -> bool:
+    """einsum(eq, a, b) with a summed index: what autocast runs as a single bf16 bmm (others
+    are elementwise products, float32 under autocast, or chains of bmms rounded in between)."""
+    if not args or not isinstance(args[0], str):
+        return False
+    operands = args[1:] if len(args) != 2 or isinstance(args[1], torch.Tensor) else tuple(args[1])
+    eq = args[0].replace(" ", "").replace("...", "")
+    lhs, arrow, rhs = eq.partition("->")
+    inputs = lhs.split(",")
+    if len(operands) != 2 or len(inputs) != 2:
+        return False
+    letters = "".join(inputs)
+    out = rhs if arrow else "".join(c for c in sorted(set(letters)) if letters.count(c) == 1)
+    return bool(set(letters) - set(out))
+
+
 class WidenedBf16(TorchFunctionMode):
     """Runs WIDENED ops on CPU under bf16 autocast as bf16 ops with float32 arithmetic (see the
     module docstring); everything else, and these ops outside CPU bf16 autocast or with float64
@@ -54,7 +76,8 @@ class WidenedBf16(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func not in WIDENED or not _cpu_bf16_autocast():
+        if (func not in WIDENED or not _cpu_bf16_autocast() or "out" in kwargs   # out=: not autocast's either
+                or (func is torch.einsum and not _einsum_is_one_product(args))):
             return func(*args, **kwargs)
         tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         if not tensors or any(t.device.type != "cpu" or (t.is_floating_point() and t.dtype not in _LOW)
@@ -71,11 +94,13 @@ class WidenedBf16(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def autocast(device_type: str, dtype: torch.dtype, cache_enabled: bool = True):
-    """torch.autocast(device_type, dtype), plus WidenedBf16 for bf16 on CPUs without bf16
-    instructions (see the module docstring)."""
-    with torch.autocast(device_type, dtype=dtype, cache_enabled=cache_enabled):
-        if device_type == "cpu" and dtype == torch.bfloat16 and not cpu_has_bf16():
+def autocast(device_type: str, dtype: torch.dtype | None = None, enabled: bool = True,
+             cache_enabled: bool | None = None):
+    """torch.autocast(device_type, dtype, enabled, cache_enabled), plus WidenedBf16 for bf16 on
+    CPUs where oneDNN has no bf16 (see the module docstring)."""
+    with torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled):
+        if enabled and device_type == "cpu" and torch.get_autocast_dtype("cpu") == torch.bfloat16 \
+                and not cpu_has_bf16():
             with WidenedBf16():
                 yield
         else:
@@ -97,6 +122,6 @@ class AutocastModel(torch.nn.Module):
         # no weight-cast cache while a CUDA graph is being captured (torch's advice for autocast
         # under capture): each replay then casts the weights itself, inside the graph
         capturing = x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-        with autocast(x.device.type, dtype, cache_enabled=not capturing):
+        with autocast(x.device.type, dtype=dtype, cache_enabled=not capturing):
             out = self.model(x, t)
         return out.to(x.dtype)

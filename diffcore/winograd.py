@@ -17,8 +17,9 @@ unchanged (see _transformed), in a registry dropped with the weight.
 `WinogradConv2d` is the nn.Conv2d subclass diffcore.accelerate swaps in (class swap: same
 parameters and state_dict keys) for plain nn.Conv2d(kernel 3, stride 1, padding 1, groups 1) layers with
 at least MIN_CHANNELS input and output channels; it uses the op for float32 CPU inference on
-channels_last input and calls nn.Conv2d's forward for everything else (training, other
-devices and dtypes, NCHW input, torch.compile, tracing, no extension).
+channels_last input (bf16 too where oneDNN has no bf16 convolutions) and calls nn.Conv2d's
+forward for everything else (training, other devices and dtypes, NCHW input, torch.compile,
+tracing, no extension).
 """
 from __future__ import annotations
 

@@ -84,19 +84,23 @@ def test_bf16_rounding_of_ties_infinities_and_nan():
     bits = torch.randint(0, 2**15, (K,), dtype=torch.int32) * 65536 + 0x8000   # ties, odd and even
     special = [0x7F800000,            # +inf
                0x7FC00001,            # NaN
+               0x7FFFFFFF,            # NaN whose rounding carry would make it -0.0 without the NaN rule
+               -1,                    # NaN (0xFFFFFFFF): the carry would wrap to +0.0
                0x7F7FFFFF,            # float32 max: rounds up to +inf
                0x00008000,            # a subnormal tie
                0x80018000 - 2**32,    # a negative tie, odd: away from zero
                0x3F808000, 0x3F818000,  # 1 + 2^-8 (tie, even: down), 1 + 3 * 2^-8 (tie, odd: up)
                0xFF800000 - 2**32]    # -inf
-    for i in (0, K - 8):   # in the vector code and in the tail
-        bits[i:i + len(special)] = torch.tensor(special, dtype=torch.int32)
+    n = len(special)
+    for i, order in ((0, 1), (K - n, 1), (K - n, -1)):   # in the vector code and in the scalar tail (last 5)
+        bits[i:i + n] = torch.tensor(special[::order], dtype=torch.int32)
         b = bits.view(torch.float32)
         x = cl(torch.zeros(1, 16, 4, 4)).to(BF16)
         y = torch.ops.diffcore.conv3x3_winograd(x, winograd.transform_weight(torch.randn(K, 16, 3, 3)), b, K)
         want = b.to(BF16)
         got = y[0, :, 1, 2]
         assert torch.equal(got.isnan(), want.isnan())
+        assert (got[got.isnan()].view(torch.int16) == 0x7FC0).all()   # c10's quiet NaN
         keep = ~want.isnan()
         assert torch.equal(got[keep].view(torch.int16), want[keep].view(torch.int16))
 
@@ -217,41 +221,84 @@ def _cases(g):
         "bmm": (torch.bmm, (r(3, 13, 21), r(3, 21, 9)), {}),
         "addmm": (torch.addmm, (r(13, 9), r(13, 21), r(21, 9)), {}),
         "baddbmm": (torch.baddbmm, (r(3, 13, 9), r(3, 13, 21), r(3, 21, 9)), {"alpha": 0.5}),
+        "addbmm": (torch.addbmm, (r(13, 9), r(3, 13, 21), r(3, 21, 9)), {"beta": 0.5}),
         "einsum": (torch.einsum, ("bij,bjk->bik", r(3, 13, 21), r(3, 21, 9)), {}),
+        "einsum list": (torch.einsum, ("...ij,...kj", [r(2, 3, 13, 21), r(2, 3, 9, 21)]), {}),
         "Tensor.__matmul__": (torch.Tensor.__matmul__, (r(4, 13, 21), r(21, 9)), {}),
+        "Tensor.__rmatmul__": (torch.Tensor.__rmatmul__, (r(21, 9), r(4, 13, 21)), {}),
+        "Tensor.addmm": (torch.Tensor.addmm, (r(13, 9), r(13, 21), r(21, 9)), {"alpha": 2.0}),
     }
 
 
+class Recorder(torch.overrides.TorchFunctionMode):
+    """Sees the calls the widening mode (pushed above it) makes: func and its operands' dtypes."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        leaves = torch.utils._pytree.tree_leaves((args, kwargs))
+        self.calls.append((func, {t.dtype for t in leaves if isinstance(t, torch.Tensor)},
+                           torch.is_autocast_enabled("cpu")))
+        return func(*args, **kwargs)
+
+
+def _flat_tensors(args):
+    return [t for t in torch.utils._pytree.tree_leaves(args) if isinstance(t, torch.Tensor)]
+
+
 @pytest.mark.parametrize("name", list(_cases(torch.Generator())))
-def test_widened_op_is_a_bf16_op(name):
+def test_widened_op_is_a_bf16_op(name, monkeypatch):
+    """Within the bf16 bound of float64 on bf16 operands, like PyTorch's own bf16 op, and run by
+    the float32 kernel on bf16 values with autocast off (a recorder under the mode sees it)."""
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
     seed = random.randrange(2**31)
     func, args, kwargs = _cases(torch.Generator().manual_seed(seed))[name]
     with torch.no_grad():
-        with precision.autocast("cpu", BF16):
+        with Recorder() as rec, precision.autocast("cpu", BF16):
             y = func(*args, **kwargs)
+        inner = [c for c in rec.calls if c[2] is False]   # the one call made with autocast off
+        assert len(inner) == 1 and inner[0][1] == {torch.float32}, rec.calls
+        widened = tuple(torch.utils._pytree.tree_map(
+            lambda a: a.to(BF16).float() if isinstance(a, torch.Tensor) else a, args))
+        assert torch.equal(y, func(*widened, **kwargs).to(BF16))
         with torch.autocast("cpu", dtype=BF16):
             torch_y = func(*args, **kwargs)   # PyTorch's own bf16 op
-        d = [r16(a) if isinstance(a, torch.Tensor) else a for a in args]
+        d = torch.utils._pytree.tree_map(lambda a: r16(a) if isinstance(a, torch.Tensor) else a, args)
         ref = func(*d, **kwargs)
-        if name in ("addmm", "baddbmm"):
-            scale = func(*[a.abs() for a in d], **kwargs)
-        else:
-            scale = func(*[a.abs() if isinstance(a, torch.Tensor) else a for a in d], **kwargs)
+        scale = func(*torch.utils._pytree.tree_map(lambda a: a.abs() if isinstance(a, torch.Tensor) else a, d),
+                     **kwargs)
     assert y.dtype == torch_y.dtype == BF16 and y.shape == torch_y.shape
     check_bf16(y, ref, scale, f"{name} (seed {seed})")
 
 
-def test_widening_is_off_outside_bf16_autocast_and_for_float64():
+def test_widening_is_off_outside_bf16_autocast_and_for_float64_out_and_elementwise_einsum():
     g = torch.Generator().manual_seed(0)
     a, w = torch.randn(5, 7, generator=g), torch.randn(3, 7, generator=g)
-    with precision.WidenedBf16():
-        assert torch.equal(F.linear(a, w), a @ w.T)                        # no autocast: float32
-        with torch.autocast("cpu", dtype=BF16):
-            assert F.linear(a, w).dtype == BF16
-            d = F.linear(a.double(), w.double())                          # float64: untouched
-            assert d.dtype == torch.float64 and torch.equal(d, a.double() @ w.double().T)
-            with torch.autocast("cpu", enabled=False):
-                assert torch.equal(F.linear(a, w), a @ w.T)
+
+    def widened_calls(fn):
+        with Recorder() as rec, precision.WidenedBf16():
+            out = fn()
+        return out, [c for c in rec.calls if c[2] is False and c[1] == {torch.float32} and c[0] is not torch.Tensor.to]
+
+    y, calls = widened_calls(lambda: F.linear(a, w))                     # no autocast: float32
+    assert torch.equal(y, a @ w.T)
+    with torch.autocast("cpu", dtype=BF16):
+        y, calls = widened_calls(lambda: F.linear(a, w))
+        assert y.dtype == BF16 and calls
+        d, calls = widened_calls(lambda: F.linear(a.double(), w.double()))  # float64: untouched
+        assert d.dtype == torch.float64 and torch.equal(d, a.double() @ w.double().T) and not calls
+        o = torch.zeros(5, 3)
+        _, calls = widened_calls(lambda: torch.mm(a, w.T, out=o))        # out=: autocast does not cast it
+        with torch.autocast("cpu", enabled=False):
+            assert torch.equal(o, a @ w.T) and not calls
+        e, calls = widened_calls(lambda: torch.einsum("i,j->ij", a[0], w[0]))   # a product, no sum
+        assert not calls and e.dtype == torch.einsum("i,j->ij", a[0], w[0]).dtype
+        with torch.autocast("cpu", enabled=False):
+            y, _ = widened_calls(lambda: F.linear(a, w))
+            assert torch.equal(y, a @ w.T)                                # float32, not rounded
 
 
 def test_autocast_widens_only_where_onednn_lacks_bf16(monkeypatch):

@@ -7,6 +7,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 
 
 def _run(*args, cwd=None):
@@ -89,6 +90,8 @@ def test_info():
     assert "pc" in info["methods"] and info["backends"]["torch"]["available"] is True
     assert set(info["backends"]) == {"torch", "native", "triton"}
     assert set(info["cpu_backend_per_op"].values()) <= {"torch", "native"}
+    native_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert (info["cpu_bf16"] == "oneDNN") == native_bf16 and info["cpu_bf16"].startswith("widened") != native_bf16
 
 
 def test_likelihood_reports_ode_nll_beside_exact():

@@ -299,13 +299,7 @@ def test_module_honours_a_changed_geometry(change):
         assert torch.equal(m(x), conv(x))
 
 
-def test_module_under_autocast_runs_the_autocast_dtype():
-    conv = nn.Conv2d(16, 16, 3, padding=1)
-    m = swapped(conv)
-    x = cl(torch.randn(2, 16, 8, 8))
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        y, ref = m(x), conv(x)
-    assert y.dtype == torch.bfloat16 and torch.equal(y, ref)
+# autocast: tests/test_bf16_cpu.py
 
 
 def test_few_tiles_take_the_direct_convolution(monkeypatch):
