@@ -355,3 +355,21 @@ def test_bf16_sampling_run_is_as_accurate_as_torchs_bf16(monkeypatch):
     assert ours.dtype == torch.float32 and torch.isfinite(ours).all()
     assert 0.25 * err_theirs <= err_ours <= 2 * err_theirs, (err_ours, err_theirs)
     assert (ours - theirs).abs().max().item() <= 2 * err_theirs
+
+
+def test_compiled_model_under_widened_autocast(monkeypatch):
+    """torch.compile of a model run inside diffcore.precision.autocast: a bf16 result within the
+    bf16 bound of float64 on bf16 operands (per layer the bound compounds: checked loosely)."""
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 5, 1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        with precision.autocast("cpu", BF16):
+            eager = m(x)
+            y = torch.compile(m)(x)
+        ref = m.double()(x.double())
+    assert y.dtype == eager.dtype == BF16
+    scale = ref.abs().max().item()
+    assert (y.double() - ref).abs().max().item() <= 4 * HALF_ULP * scale
+    assert (y.double() - eager.double()).abs().max().item() <= 2 * HALF_ULP * scale
