@@ -126,9 +126,10 @@ def main():
     steps = a.steps or (2 if a.quick else (100 if cuda else 10))
     repeats = 1 if a.quick else a.repeats
     precisions = (a.precisions or ("fp32" if a.quick else ("fp32,bf16,fp16" if cuda else "fp32,bf16"))).split(",")
-    if not cuda and "bf16" in precisions and not diffcore.precision.cpu_has_bf16():
-        # without AVX-512 BF16 / AMX oneDNN has no bf16 convolutions: diffusers under autocast runs
-        # PyTorch's slow reference convolutions (a run takes minutes); diffcore runs its bf16 kernels
+    slow_bf16 = not cuda and not diffcore.precision.cpu_has_bf16()
+    if slow_bf16 and "bf16" in precisions:
+        # oneDNN has no bf16 kernels for this CPU: diffusers under autocast runs PyTorch's slow
+        # reference convolutions (a run takes minutes); diffcore runs its bf16 kernels
         print("bf16: oneDNN has no bf16 kernels for this CPU: diffusers under torch.autocast runs PyTorch's slow "
               "reference kernels (minutes per run); 'diffusers widened bf16' runs it under diffcore.precision.autocast")
 
@@ -167,11 +168,11 @@ def main():
     # eager contenders for every precision first, then the compiled ones (compiling, max-autotune on
     # CUDA, takes minutes: its figures come last so that a time limit cannot take the others)
     for prec in ([] if a.compile_only else precisions):
-        slow_bf16 = prec == "bf16" and not cuda and not diffcore.precision.cpu_has_bf16()
-        fns = {} if slow_bf16 and a.no_slow_bf16 else {
+        widen = slow_bf16 and prec == "bf16"
+        fns = {} if widen and a.no_slow_bf16 else {
             "diffusers": diffusers_runner(unet if prec != "fp16" else copy.deepcopy(unet).half(), steps, batch, prec,
                                           a.device)}
-        if slow_bf16:
+        if widen:
             # how much of diffcore's bf16 figure any model gets from the widened ops alone
             fns["diffusers widened bf16"] = diffusers_runner(unet, steps, batch, prec, a.device, widened=True)
         contest(prec, {**fns, "diffcore": diffcore_runner(unet, steps, batch, prec, a.device)})

@@ -43,7 +43,7 @@ def cmd_info(args) -> int:
     print(json.dumps({"diffcore": diffcore.__version__, "torch": torch.__version__,
                       "cuda": torch.cuda.is_available(), "device": device, "threads": torch.get_num_threads(), "backends": backends, "cpu_backend_per_op": chosen,
                       "cpu_bf16": "oneDNN" if diffcore.precision.cpu_has_bf16() else
-                      "widened: bf16 operands, float32 arithmetic (no AVX-512 BF16 / AMX here; diffcore.precision)",
+                      "widened: bf16 operands, float32 arithmetic (oneDNN has no bf16 kernels here; diffcore.precision)",
                       "methods": sorted(METHODS)}, indent=2))
     return 0
 

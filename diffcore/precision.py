@@ -18,7 +18,7 @@ import functools
 
 import torch
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 from .validation import check_choice
 
@@ -53,6 +53,12 @@ def _cpu_bf16_autocast() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
+def cpu_bf16_emulated() -> bool:
+    """Whether CPU autocast to bf16 is on where oneDNN has no bf16: where diffcore runs bf16 ops
+    as bf16 values with float32 arithmetic (autocast's widening, diffcore.winograd)."""
+    return _cpu_bf16_autocast() and not cpu_has_bf16()
+
+
 def _einsum_is_one_product(args) -> bool:
     """einsum(eq, a, b) with a summed index: what autocast runs as a single bf16 bmm (others
     are elementwise products, float32 under autocast, or chains of bmms rounded in between)."""
@@ -79,7 +85,7 @@ class WidenedBf16(TorchFunctionMode):
         if (func not in WIDENED or not _cpu_bf16_autocast() or "out" in kwargs   # out=: not autocast's either
                 or (func is torch.einsum and not _einsum_is_one_product(args))):
             return func(*args, **kwargs)
-        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         if not tensors or any(t.device.type != "cpu" or (t.is_floating_point() and t.dtype not in _LOW)
                               for t in tensors):
             return func(*args, **kwargs)
@@ -99,8 +105,7 @@ def autocast(device_type: str, dtype: torch.dtype | None = None, enabled: bool =
     """torch.autocast(device_type, dtype, enabled, cache_enabled), plus WidenedBf16 for bf16 on
     CPUs where oneDNN has no bf16 (see the module docstring)."""
     with torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled):
-        if enabled and device_type == "cpu" and torch.get_autocast_dtype("cpu") == torch.bfloat16 \
-                and not cpu_has_bf16():
+        if device_type == "cpu" and cpu_bf16_emulated():
             with WidenedBf16():
                 yield
         else:

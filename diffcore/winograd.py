@@ -117,8 +117,9 @@ def _transform(weight: torch.Tensor, bf16: bool) -> torch.Tensor:
 
 
 def _transformed(weight: torch.Tensor, bf16: bool = False) -> torch.Tensor:
-    """The packed transform of weight (of weight rounded to bfloat16 if bf16), remade when the weight changes. Every call checks the
-    weight's version counter, its address and 256 of its values spread over the tensor: writes
+    """The packed transform of weight (of weight rounded to bfloat16 if bf16), remade when the
+    weight changes. Every call checks the weight's version counter, its address and 256 of its
+    values spread over the tensor: writes
     through `weight.data` (EMA swaps, merged adapters) move no version counter, but a write
     that replaces the weight changes those values. Once per epoch (diffcore.sample starts one,
     as does revalidate()) a CRC-32 of all its bytes is compared, which catches any write but an
@@ -242,8 +243,7 @@ class WinogradConv2d(nn.Conv2d):
         dtypes = {x.dtype, w.dtype} | ({b.dtype} if b is not None else set())
         if torch.is_autocast_enabled("cpu"):
             # autocast would cast x, weight and bias to its dtype: the op does the same for bf16
-            ok = (torch.get_autocast_dtype("cpu") == torch.bfloat16 and dtypes <= {torch.float32, torch.bfloat16}
-                  and not precision.cpu_has_bf16())
+            ok = precision.cpu_bf16_emulated() and dtypes <= {torch.float32, torch.bfloat16}
             dtype = torch.bfloat16
         else:
             dtype = x.dtype

@@ -150,12 +150,16 @@ def count_calls(monkeypatch):
     return calls
 
 
+def layer(monkeypatch, onednn_bf16, c_in, c_out, h, w):
+    """(conv, its WinogradConv2d copy, channels_last input, the list of Winograd calls) with
+    precision.cpu_has_bf16() pinned to onednn_bf16."""
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: onednn_bf16)
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+    return conv, swapped(conv), cl(torch.randn(2, c_in, h, w)), count_calls(monkeypatch)
+
+
 def test_module_under_bf16_autocast_is_a_bf16_convolution(monkeypatch):
-    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
-    conv = nn.Conv2d(24, 40, 3, padding=1)
-    m = swapped(conv)
-    x = cl(torch.randn(2, 24, 9, 8))
-    calls = count_calls(monkeypatch)
+    conv, m, x, calls = layer(monkeypatch, False, 24, 40, 9, 8)
     with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
         y, torch_y = m(x), conv(x)   # torch's bf16 convolution (the slow path here)
     assert calls == [True] and torch_y.dtype == BF16
@@ -183,11 +187,7 @@ def test_module_with_bf16_weights_and_input_runs_the_op(monkeypatch):
 
 def test_module_leaves_bf16_to_onednn_where_it_has_bf16(monkeypatch):
     """On a CPU with bf16 instructions oneDNN's bf16 convolution is not the slow path: no swap."""
-    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
-    conv = nn.Conv2d(16, 16, 3, padding=1)
-    m = swapped(conv)
-    x = cl(torch.randn(2, 16, 8, 8))
-    calls = count_calls(monkeypatch)
+    conv, m, x, calls = layer(monkeypatch, True, 16, 16, 8, 8)
     with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
         assert torch.equal(m(x), conv(x))
     with torch.no_grad():
@@ -196,10 +196,7 @@ def test_module_leaves_bf16_to_onednn_where_it_has_bf16(monkeypatch):
 
 
 def test_module_under_fp16_autocast_keeps_the_autocast_dtype(monkeypatch):
-    conv = nn.Conv2d(16, 16, 3, padding=1)
-    m = swapped(conv)
-    x = cl(torch.randn(2, 16, 8, 8))
-    calls = count_calls(monkeypatch)
+    conv, m, x, calls = layer(monkeypatch, False, 16, 16, 8, 8)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
         y, ref = m(x), conv(x)
     assert calls == [] and y.dtype == torch.float16 and torch.equal(y, ref)
