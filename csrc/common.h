@@ -165,8 +165,17 @@ inline void check_langevin_step(const at::Tensor& x, const at::Tensor& score, co
   check_noise(z, idx, step, stream, x);
 }
 
+// residual_add: float32 / float64 h, and on the CPU also bfloat16 / float16 (computed in float32;
+// CUDA leaves the 16-bit types to Triton and the reference).
 inline void check_residual_add(const at::Tensor& skip, const at::Tensor& h, c10::DeviceType dev) {
-  check_float_x(h, "h", dev);
+  const auto t = h.scalar_type();
+  if (dev == c10::DeviceType::CPU && (t == at::kBFloat16 || t == at::kHalf)) {
+    TORCH_CHECK(h.device().type() == dev, "diffcore: h must be a CPU tensor for this implementation; got ", h.device());
+    TORCH_CHECK(h.dim() >= 1, "diffcore: h must have a batch dimension; got a 0-d tensor");
+    TORCH_CHECK(h.is_contiguous(), "diffcore: h must be contiguous; got strides ", h.strides());
+  } else {
+    check_float_x(h, "h", dev);
+  }
   check_like(skip, "skip", h);
 }
 

@@ -68,7 +68,7 @@ import torch
 from torch import nn
 
 from . import nn as dnn
-from . import ops, winograd
+from . import onednn_linear, ops, precision, winograd
 
 __all__ = ["accelerate", "Report", "Entry"]
 
@@ -251,29 +251,26 @@ def _swap_class(m: nn.Module, mixin: type, backend) -> None:
 
 
 # ---- diffusers Attention (4-D input, self-attention, group norm) -----------------------------
-def _onednn_linear_available() -> bool:
-    try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    except (AttributeError, RuntimeError):
-        return False
-
-
-_ONEDNN_LINEAR = _onednn_linear_available()
+def _plain_linear(lin) -> bool:
+    return type(lin) is nn.Linear and not lin._forward_hooks and not lin._forward_pre_hooks
 
 
 def _project(lin, x):
-    """lin(x) for an attention projection. In float32 CPU inference a plain nn.Linear runs as
-    oneDNN's matmul (the library PyTorch's CPU convolutions use) instead of the default BLAS
-    GEMM: on the CIFAR U-Net's [4096, 256] x [256, 256] projections that measured 4.0 ms
-    against 6.2 ms (2 threads, AMD EPYC, torch 2.13). Same sums up to rounding order.
-    Training, torch.compile, jit tracing, other devices and dtypes, subclasses and hooked modules call the module."""
-    if (_ONEDNN_LINEAR and type(lin) is nn.Linear and not lin._forward_hooks and not lin._forward_pre_hooks
-            and not torch.compiler.is_compiling()   # Inductor lowers this op only for frozen weights
-            and not torch.jit.is_tracing()          # nor can TorchScript trace its empty scalar list
-            and x.device.type == "cpu" and x.dtype == lin.weight.dtype == torch.float32
-            and not (torch.is_grad_enabled() and (x.requires_grad or lin.weight.requires_grad))):
-        return torch.ops.mkldnn._linear_pointwise(x, lin.weight, lin.bias, "none", [], "")
-    return lin(x)
+    """lin(x) for an attention projection: a plain nn.Linear runs as onednn_linear.linear
+    (oneDNN's matmul in float32 CPU inference, F.linear otherwise); subclasses and hooked
+    modules are called as modules."""
+    return onednn_linear.linear(x, lin.weight, lin.bias) if _plain_linear(lin) else lin(x)
+
+
+def _qkv(attn, tokens):
+    """The three projections of the tokens. Under CPU bf16 emulation (precision.autocast where
+    oneDNN has no bf16) the tokens are widened to float32 once for all three, where each
+    widened linear would widen them again (the same numbers)."""
+    lins = (attn.to_q, attn.to_k, attn.to_v)
+    if tokens.dtype == torch.bfloat16 and precision.cpu_bf16_emulated() and all(map(_plain_linear, lins)):
+        wide = tokens.float()
+        return tuple(precision.linear_on_bf16_values(wide, lin.weight, lin.bias) for lin in lins)
+    return tuple(_project(lin, tokens) for lin in lins)
 
 
 class FusedAttnProcessor:
@@ -285,8 +282,8 @@ class FusedAttnProcessor:
     (AttnProcessor2_0: an add and a division, each a new tensor). The output has channels_last
     strides whatever the input's, as AttnProcessor2_0's does (its reshape of the transposed
     projection is that view), so the layers after it see the layout they see in the original.
-    The projections are the block's own modules (plain nn.Linear in CPU float32 inference
-    runs as oneDNN's matmul, see _project). Calls it does not cover
+    The projections are the block's own modules (a plain nn.Linear in CPU float32 inference
+    runs as oneDNN's matmul; see _project and _qkv). Calls it does not cover
     (cross-attention, masks, 3-D input, extra arguments) go to the processor it replaced
     (`fallback`)."""
 
@@ -314,7 +311,7 @@ class FusedAttnProcessor:
             tokens = h.permute(0, 2, 3, 1).reshape(B, H * W, C)          # a view
         else:
             tokens = h.reshape(B, C, H * W).transpose(1, 2).contiguous()  # the one copy
-        q, k, v = _project(attn.to_q, tokens), _project(attn.to_k, tokens), _project(attn.to_v, tokens)
+        q, k, v = _qkv(attn, tokens)
         heads = attn.heads
         d = k.shape[-1] // heads
         q, k, v = (y.view(B, -1, heads, d).transpose(1, 2) for y in (q, k, v))

@@ -283,7 +283,7 @@ _register_autograd()
 
 # ---- IMPLS: the op table's entries ------------------------------------------------------------
 _FLOATS = (torch.float32, torch.float64)
-_HALVES = (torch.bfloat16, torch.float16)   # CPU group_norm_silu: 16-bit storage, float32 arithmetic
+_HALVES = (torch.bfloat16, torch.float16)   # CPU group_norm_silu, residual_add: 16-bit storage, float32 arithmetic
 
 
 def _gn_acc(dtype: torch.dtype) -> torch.dtype:
@@ -390,7 +390,8 @@ def langevin_step(x, score, alpha, snr, z, noise_address=None, norm="per_sample"
 
 
 def residual_add(skip, h, scale=1.0):
-    if not _native_ok(h) or skip.dtype != h.dtype:
+    cpu_half = h.dtype in _HALVES and h.device.type == "cpu" and available(h.device) and h.dim() >= 1
+    if not (_native_ok(h) or cpu_half) or skip.dtype != h.dtype:
         return _ops.residual_add_reference(skip, h, scale)
     fmt = torch.channels_last if h.dim() == 4 and h.is_contiguous(memory_format=torch.channels_last) \
         and not h.is_contiguous() else None

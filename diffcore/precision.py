@@ -20,6 +20,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves, tree_map
 
+from . import onednn_linear
 from .validation import check_choice
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -90,13 +91,28 @@ class WidenedBf16(TorchFunctionMode):
                               for t in tensors):
             return func(*args, **kwargs)
 
-        def widen(t):   # bf16 values, held in float32 (exact)
-            return t.to(torch.bfloat16).float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
-        args, kwargs = tree_map(widen, (args, kwargs))
+        args, kwargs = tree_map(lambda t: bf16_values(t) if isinstance(t, torch.Tensor) and t.is_floating_point()
+                                else t, (args, kwargs))
         with torch.autocast("cpu", enabled=False):
-            out = func(*args, **kwargs)
+            out = _linear(*args, **kwargs) if func is F.linear else func(*args, **kwargs)
         return tree_map(lambda t: t.to(torch.bfloat16) if isinstance(t, torch.Tensor) and t.is_floating_point()
                         else t, out)
+
+
+def bf16_values(t: torch.Tensor) -> torch.Tensor:
+    """t rounded to bf16 (what autocast's cast does), held in float32 (exact)."""
+    return t.float() if t.dtype == torch.bfloat16 else t.to(torch.bfloat16).float()
+
+
+def _linear(input, weight, bias=None):   # F.linear's signature; float32 on oneDNN where it can
+    return onednn_linear.linear(input, weight, bias)
+
+
+def linear_on_bf16_values(wide: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """What WidenedBf16 makes of F.linear(x, weight, bias) with `wide` = bf16_values(x) given:
+    callers that project one x several times widen it once."""
+    with torch.autocast("cpu", enabled=False):
+        return _linear(wide, bf16_values(weight), None if bias is None else bf16_values(bias)).to(torch.bfloat16)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""3x3 convolutions by Winograd's F(2x2, 3x3) on CPU: the native op diffcore::conv3x3_winograd.
+"""3x3 convolutions by Winograd's F(2x2, 3x3) (and F(4x4, 3x3) for bf16) on CPU: the native op
+diffcore::conv3x3_winograd.
 
 A U-Net's 3x3 convolutions are most of its time on CPU, and on CPUs without AVX-512 oneDNN
 (PyTorch's CPU convolution library) has no Winograd kernels: its direct convolution does 9
@@ -10,9 +11,13 @@ such layers (batch 16, 2 threads, AMD EPYC; 1.2-2.0x per layer; benchmarks/RESUL
 
 x: float32 or bfloat16 CPU [B, C, H, W] in channels_last; the output is channels_last too, in x's
 dtype (bf16: the weight and bias rounded to bf16, float32 arithmetic, the output rounded once,
-as a bf16 convolution with float32 accumulation; for CPUs whose oneDNN has no bf16). The transformed
-weight (G g G^T, computed in float64) is made once per weight and kept while the weight is
-unchanged (see _transformed), in a registry dropped with the weight.
+as a bf16 convolution with float32 accumulation; for CPUs whose oneDNN has no bf16). bf16 runs
+F(4x4, 3x3): 2.25 multiply-adds per output pixel and input channel instead of 4 (1.2-1.6x
+faster on the CIFAR U-Net's layers), whose float32 rounding (at most 36 eps32 times the output's
+scale measured, against F(2x2)'s 2.4) is far below the bf16 output's half ulp (2^-9 of the
+value); float32 keeps F(2x2). The transformed weight (G g G^T, computed in float64) is made
+once per weight and kept while the weight is unchanged (see _transformed), in a registry
+dropped with the weight.
 
 `WinogradConv2d` is the nn.Conv2d subclass diffcore.accelerate swaps in (class swap: same
 parameters and state_dict keys) for plain nn.Conv2d(kernel 3, stride 1, padding 1, groups 1) layers with
@@ -43,7 +48,12 @@ MIN_CHANNELS = 16
 # 8x8 images (16 tiles) 1.42x and 2.1x
 MIN_TILES = 16
 
-_G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
+# G of F(2x2, 3x3) and of F(4x4, 3x3) (Lavin & Gray; csrc/cpu/winograd.cpp has B and A)
+_GS = {
+    2: torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64),
+    4: torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                     [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64),
+}
 _PROBES = 256   # weight values compared on every call (see _transformed)
 
 
@@ -71,17 +81,21 @@ def _forget(i: int) -> None:
     _WATCHED.pop(i, None)
 
 
-def transform_weight(weight: torch.Tensor) -> torch.Tensor:
-    """[K, C, 3, 3] -> G g G^T packed for the op: float32 [16, ceil(K / 16), C, 16] (element
-    k = 4 * row + col of the 4x4 transform, then 16-column panels of the C x K matrix, the
-    columns past K zero). Computed in float64 and rounded once."""
+def transform_weight(weight: torch.Tensor, tile: int = 2) -> torch.Tensor:
+    """[K, C, 3, 3] -> G g G^T packed for the op: float32 [N, ceil(K / 16), C, 16] (element
+    k = a * row + col of the a x a transform, a = tile + 2, N = a^2, then 16-column panels of the
+    C x K matrix, the columns past K zero). tile 2: F(2x2, 3x3); tile 4: F(4x4, 3x3). Computed
+    in float64 and rounded once."""
     if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
         raise ValueError(f"weight must be [out_channels, in_channels, 3, 3]; got shape {tuple(weight.shape)}")
-    K, C = weight.shape[:2]
+    if tile not in _GS:
+        raise ValueError(f"tile must be 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3)); got {tile!r}")
+    G = _GS[tile]
+    a, (K, C) = tile + 2, weight.shape[:2]
     Kp = -(-K // 16) * 16
-    u = _G @ weight.detach().to(torch.float64) @ _G.T                   # [K, C, 4, 4]
-    u = nn.functional.pad(u.permute(2, 3, 1, 0).reshape(16, C, K), (0, Kp - K))
-    return u.view(16, C, Kp // 16, 16).permute(0, 2, 1, 3).to(torch.float32).contiguous()
+    u = G @ weight.detach().to(torch.float64) @ G.T                    # [K, C, a, a]
+    u = nn.functional.pad(u.permute(2, 3, 1, 0).reshape(a * a, C, K), (0, Kp - K))
+    return u.view(a * a, C, Kp // 16, 16).permute(0, 2, 1, 3).to(torch.float32).contiguous()
 
 
 def _dense(w: torch.Tensor) -> bool:
@@ -113,11 +127,12 @@ def _probe(w: torch.Tensor) -> torch.Tensor:
 
 
 def _transform(weight: torch.Tensor, bf16: bool) -> torch.Tensor:
-    return transform_weight(weight.to(torch.bfloat16) if bf16 else weight)
+    # bf16: F(4x4, 3x3), whose float32 rounding is far below the bf16 output's (module docstring)
+    return transform_weight(weight.to(torch.bfloat16), tile=4) if bf16 else transform_weight(weight)
 
 
 def _transformed(weight: torch.Tensor, bf16: bool = False) -> torch.Tensor:
-    """The packed transform of weight (of weight rounded to bfloat16 if bf16), remade when the
+    """The packed transform of weight (F(4x4)'s of weight rounded to bfloat16 if bf16), remade when the
     weight changes. Every call checks the weight's version counter, its address and 256 of its
     values spread over the tensor: writes
     through `weight.data` (EMA swaps, merged adapters) move no version counter, but a write
@@ -176,7 +191,7 @@ def _run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> to
 def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.conv2d(x, weight, bias, padding=1) by Winograd F(2x2, 3x3) (see the module docstring).
     bfloat16 x: a bf16 convolution (weight and bias rounded to bf16, float32 accumulation, a
-    bf16 output), as under CPU autocast."""
+    bf16 output), as under CPU autocast, by F(4x4, 3x3)."""
     if not _native_loaded():
         raise RuntimeError("diffcore.winograd.conv3x3 needs the native extension (diffcore.native), which did "
                            "not load here")

@@ -3,6 +3,7 @@ autocast, diffcore.precision.autocast's widened ops, and a bf16 sampling run, ea
 float64 on bf16-rounded operands (a bf16 op with float32 accumulation is within half a bf16
 ulp of that, plus the float32 accumulation error) and against PyTorch's own bf16 autocast."""
 import copy
+import itertools
 import random
 
 import pytest
@@ -19,6 +20,7 @@ if not hasattr(torch.ops.diffcore, "conv3x3_winograd"):
 
 BF16, EPS32 = torch.bfloat16, torch.finfo(torch.float32).eps
 HALF_ULP = 2.0**-8   # bf16 keeps 8 significant bits: rounding moves a value by at most 2^-8 of it
+WINOGRAD4 = 128      # F(4x4, 3x3)'s float32 rounding bound in eps32 * scale (tests/test_winograd.py)
 
 
 def cl(t):
@@ -30,13 +32,14 @@ def r16(t):
     return t.to(BF16).double()
 
 
-def check_bf16(y, ref, scale, what=""):
-    """y (bf16) within half a bf16 ulp of the float64 result on bf16 operands plus twice a
-    float32 accumulation bound (32 eps32 * scale, scale = the op on absolute values); most
-    outputs equal the float64 result rounded to bf16."""
+def check_bf16(y, ref, scale, what="", acc=32):
+    """y (bf16) within half a bf16 ulp of the float64 result on bf16 operands plus a float32
+    accumulation bound (acc eps32 * scale, scale = the op on absolute values: 32 is twice a
+    plain sum's; the Winograd op's bf16 path, F(4x4, 3x3), passes WINOGRAD4); most outputs equal
+    the float64 result rounded to bf16."""
     assert y.dtype == BF16, f"{what}: dtype {y.dtype}"
     err = (y.double() - ref).abs()
-    bound = HALF_ULP * ref.abs() + 32 * EPS32 * scale + 1e-30
+    bound = HALF_ULP * ref.abs() + acc * EPS32 * scale + 1e-30
     worst = (err / bound).max().item()
     assert worst <= 1.0, f"{what}: error {err.max().item():.3g} is {worst:.2f}x the bf16 bound"
     exact = (y == ref.to(BF16)).double().mean().item()
@@ -61,17 +64,17 @@ def test_bf16_op_matches_float64_on_bf16_operands(shape):
     w, b = torch.randn(K, C, 3, 3, generator=g) / 3, torch.randn(K, generator=g)
     y = winograd.conv3x3(x, w, b)
     assert y.shape == (B, K, H, W) and y.is_contiguous(memory_format=torch.channels_last)
-    check_bf16(y, *conv_ref(x, w, b), what=f"shape {shape}, seed {seed}")
+    check_bf16(y, *conv_ref(x, w, b), what=f"shape {shape}, seed {seed}", acc=WINOGRAD4)
 
 
 def test_bf16_output_is_the_float32_result_rounded_to_nearest_even():
     """The bf16 path does the float32 path's arithmetic on the widened input and rounds once:
     bit for bit torch's rounding of the float32 op's output (odd channel counts: the 8-lane
-    vector code and the scalar tail)."""
+    vector code and the scalar tail; F(2x2) and F(4x4))."""
     g = torch.Generator().manual_seed(random.randrange(2**31))
-    for B, C, K, H, W in [(2, 37, 45, 7, 9), (3, 64, 131, 6, 10)]:
+    for (B, C, K, H, W), tile in itertools.product([(2, 37, 45, 7, 9), (3, 64, 131, 6, 10)], (2, 4)):
         x = cl(torch.randn(B, C, H, W, generator=g)).to(BF16)
-        u = winograd.transform_weight(torch.randn(K, C, 3, 3, generator=g).to(BF16))
+        u = winograd.transform_weight(torch.randn(K, C, 3, 3, generator=g).to(BF16), tile=tile)
         b = torch.randn(K, generator=g)
         y = torch.ops.diffcore.conv3x3_winograd(x, u, b, K)
         y32 = torch.ops.diffcore.conv3x3_winograd(x.float(), u, b, K)
@@ -92,11 +95,13 @@ def test_bf16_rounding_of_ties_infinities_and_nan():
                0x3F808000, 0x3F818000,  # 1 + 2^-8 (tie, even: down), 1 + 3 * 2^-8 (tie, odd: up)
                0xFF800000 - 2**32]    # -inf
     n = len(special)
-    for i, order in ((0, 1), (K - n, 1), (K - n, -1)):   # in the vector code and in the scalar tail (last 5)
+    cases = itertools.product(((0, 1), (K - n, 1), (K - n, -1)), (2, 4))  # vector code, scalar tail (last 5)
+    for (i, order), tile in cases:
         bits[i:i + n] = torch.tensor(special[::order], dtype=torch.int32)
         b = bits.view(torch.float32)
         x = cl(torch.zeros(1, 16, 4, 4)).to(BF16)
-        y = torch.ops.diffcore.conv3x3_winograd(x, winograd.transform_weight(torch.randn(K, 16, 3, 3)), b, K)
+        u = winograd.transform_weight(torch.randn(K, 16, 3, 3), tile=tile)
+        y = torch.ops.diffcore.conv3x3_winograd(x, u, b, K)
         want = b.to(BF16)
         got = y[0, :, 1, 2]
         assert torch.equal(got.isnan(), want.isnan())
@@ -164,14 +169,14 @@ def test_module_under_bf16_autocast_is_a_bf16_convolution(monkeypatch):
         y, torch_y = m(x), conv(x)   # torch's bf16 convolution (the slow path here)
     assert calls == [True] and torch_y.dtype == BF16
     ref, scale = conv_ref(x, conv.weight.detach(), conv.bias.detach())
-    check_bf16(y, ref, scale, "WinogradConv2d")
+    check_bf16(y, ref, scale, "WinogradConv2d", acc=WINOGRAD4)
     check_bf16(torch_y, ref, scale, "torch's own bf16 convolution")   # the same contract
     # the cached bf16 transform is the rounded weight's, beside the float32 one
     with torch.no_grad():
         m(x)
     e = winograd._U[id(m.weight)]
     assert set(e.u) == {True, False}
-    assert torch.equal(e.u[True], winograd.transform_weight(m.weight.detach().to(BF16)))
+    assert torch.equal(e.u[True], winograd.transform_weight(m.weight.detach().to(BF16), tile=4))
 
 
 def test_module_with_bf16_weights_and_input_runs_the_op(monkeypatch):
@@ -182,7 +187,7 @@ def test_module_with_bf16_weights_and_input_runs_the_op(monkeypatch):
     with torch.no_grad():
         y = m(x)
     assert calls == [True]
-    check_bf16(y, *conv_ref(x, m.weight.detach(), m.bias.detach()), what="bf16 module")
+    check_bf16(y, *conv_ref(x, m.weight.detach(), m.bias.detach()), what="bf16 module", acc=WINOGRAD4)
 
 
 def test_module_leaves_bf16_to_onednn_where_it_has_bf16(monkeypatch):
@@ -242,6 +247,10 @@ class Recorder(torch.overrides.TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def _attribute_read(func) -> bool:
+    return getattr(func, "__name__", "") in ("__get__", "is_floating_point", "dim", "size")
+
+
 def _flat_tensors(args):
     return [t for t in torch.utils._pytree.tree_leaves(args) if isinstance(t, torch.Tensor)]
 
@@ -256,7 +265,8 @@ def test_widened_op_is_a_bf16_op(name, monkeypatch):
     with torch.no_grad():
         with Recorder() as rec, precision.autocast("cpu", BF16):
             y = func(*args, **kwargs)
-        inner = [c for c in rec.calls if c[2] is False]   # the one call made with autocast off
+        # the one computing call made with autocast off (attribute reads are calls to the mode too)
+        inner = [c for c in rec.calls if c[2] is False and not _attribute_read(c[0])]
         assert len(inner) == 1 and inner[0][1] == {torch.float32}, rec.calls
         widened = tuple(torch.utils._pytree.tree_map(
             lambda a: a.to(BF16).float() if isinstance(a, torch.Tensor) else a, args))
@@ -306,6 +316,49 @@ def test_autocast_widens_only_where_onednn_lacks_bf16(monkeypatch):
             assert isinstance(mode, precision.WidenedBf16) != native_bf16
             assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == BF16
         assert torch.overrides._get_current_function_mode() is None and not torch.is_autocast_enabled("cpu")
+
+
+def test_attention_projections_widen_the_tokens_once_with_the_same_numbers(monkeypatch):
+    """accelerate's q/k/v under bf16 emulation: one float32 copy of the tokens for the three
+    projections (one widening of the tokens, three float32 matmuls), bit for bit what three
+    widened F.linear calls give, each a bf16 linear (float64 bound); a hooked projection is
+    called as its module."""
+    from types import SimpleNamespace
+
+    from diffcore.accelerate import _qkv
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    g = torch.Generator().manual_seed(random.randrange(2**31))
+    lins = [nn.Linear(40, 24, bias=b) for b in (True, False, True)]
+    for lin in lins:
+        nn.init.normal_(lin.weight, generator=g)
+    attn = SimpleNamespace(to_q=lins[0], to_k=lins[1], to_v=lins[2])
+    tokens = torch.randn(3, 17, 40, generator=g).to(BF16)
+    seen = []
+
+    class Shapes(torch.overrides.TorchFunctionMode):   # (name, first tensor's dtype and shape)
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            first = next((t for t in _flat_tensors((args, kwargs or {}))), None)
+            seen.append((getattr(func, "__name__", str(func)), first.dtype, tuple(first.shape)))
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad():
+        with Shapes(), precision.autocast("cpu", BF16):
+            got = _qkv(attn, tokens)
+        with precision.autocast("cpu", BF16):
+            each = [F.linear(tokens, lin.weight, lin.bias) for lin in lins]
+    widened = [c for c in seen if c[0] in ("float", "to") and c[1:] == (BF16, tuple(tokens.shape))]
+    matmuls = [c for c in seen if "linear" in c[0]]
+    assert len(widened) == 1 and len(matmuls) == 3 and all(c[1] == torch.float32 for c in matmuls), seen
+    for y, e, lin in zip(got, each, lins):
+        assert torch.equal(y, e)
+        b = None if lin.bias is None else r16(lin.bias)
+        check_bf16(y, F.linear(r16(tokens), r16(lin.weight), b),
+                   F.linear(r16(tokens).abs(), r16(lin.weight).abs(), None if b is None else b.abs()), "qkv")
+    calls = []
+    lins[1].register_forward_hook(lambda m, i, o: calls.append(1))
+    with torch.no_grad(), precision.autocast("cpu", BF16):
+        hooked = _qkv(attn, tokens)
+    assert calls == [1] and all(torch.equal(y, e) for y, e in zip(hooked, each))
 
 
 # ---- a bf16 sampling run ----------------------------------------------------------------------

@@ -198,6 +198,33 @@ def test_residual_add(device, dtype, atol, rtol):
     close(native.residual_add(sc, hc, 0.5), ops.residual_add_reference(s, h, 0.5), atol, rtol)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("shape", [(5, 3, 7, 4), (1, 13), (2, 1031), (3, 1, 1, 1), (2, 9, 33, 35)])
+def test_residual_add_16bit_is_the_float32_result_rounded(dtype, shape):
+    """CPU bf16 / fp16 (an accelerated U-Net's residuals under bf16 autocast): float32 arithmetic
+    rounded once, bit for bit the reference's, in either layout; ties round to even, inf and NaN
+    pass through; ops.residual_add routes 16-bit CPU tensors here."""
+    seed = torch.randint(0, 2**31, ()).item()
+    s, h = rand(*shape, seed=seed).to(dtype), rand(*shape, seed=seed + 1).to(dtype)
+    flat_s, flat_h = s.view(-1), h.view(-1)
+    ulp = 2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -10
+    flat_s[:4] = torch.tensor([1.0, 1.0, float("inf"), float("nan")], dtype=dtype)[: flat_s.numel()]
+    flat_h[:4] = torch.tensor([ulp / 2, 3 * ulp / 2, 1.0, 1.0], dtype=dtype)[: flat_h.numel()]   # two ties
+    for scale in (1.0, 2 ** -0.5, -3.0):
+        ref = ops.residual_add_reference(s, h, scale)
+        for got in (torch.ops.diffcore.residual_add(s, h, scale), native.residual_add(s, h, scale),
+                    ops.residual_add(s, h, scale)):   # the C++ op itself, its wrapper, the op table
+            torch.testing.assert_close(got, ref, atol=0, rtol=0, equal_nan=True)
+        assert ops.resolve("residual_add", h.device) == "native"
+        if scale == 1.0 and s.numel() >= 2:
+            assert ref.view(-1)[0] == 1.0 and ref.view(-1)[1] == 1.0 + 2 * ulp   # the ties, to even
+    if len(shape) == 4:
+        sc, hc = (t.contiguous(memory_format=torch.channels_last) for t in (s, h))
+        got = native.residual_add(sc, hc, 0.5)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(got, ops.residual_add_reference(s, h, 0.5), atol=0, rtol=0, equal_nan=True)
+
+
 # ---- in-op noise: the same numbers as the generator at that address -----------------------------
 ADDR = dict(seed=2**35 + 17, step=7, stream=N.STREAM_CORRECTOR + 2)
 

@@ -14,6 +14,7 @@
 
 #include "../common.h"
 #include "../gmm.h"
+#include "half_rows.h"
 #include "noise_avx2.h"
 #include "pool.h"
 
@@ -198,77 +199,8 @@ constexpr int64_t kChunk = 1024;
 template <typename S> inline constexpr bool kWide = std::is_same_v<S, float> || std::is_same_v<S, double>;
 template <typename S> using acc_t = std::conditional_t<kWide<S>, S, float>;
 
-template <typename S> void widen_scalar(const S* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<float>(x[i]);
-}
-template <typename S> void narrow_scalar(const float* x, S* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = S(x[i]);
-}
-
-#ifdef DIFFCORE_HAVE_AVX2
-#define DC_F16C __attribute__((target("avx2,fma,f16c")))
-DC_F16C void widen_avx2(const c10::BFloat16* x, float* y, int64_t n) {
-  const auto* p = reinterpret_cast<const uint16_t*>(x);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i)));
-    _mm256_storeu_ps(y + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
-  }
-  widen_scalar(x + i, y + i, n - i);
-}
-DC_F16C void narrow_avx2(const float* x, c10::BFloat16* y, int64_t n) {
-  auto* p = reinterpret_cast<uint16_t*>(y);
-  const __m256i one = _mm256_set1_epi32(1), half_ulp = _mm256_set1_epi32(0x7FFF), qnan = _mm256_set1_epi32(0x7FC0);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_loadu_ps(x + i);
-    const __m256i b = _mm256_castps_si256(v);   // (b + 0x7FFF + lsb) >> 16; NaN -> 0x7FC0, as c10
-    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(b, 16), one);
-    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(odd, half_ulp)), 16);
-    r = _mm256_blendv_epi8(r, qnan, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p + i),
-                     _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
-  }
-  narrow_scalar(x + i, y + i, n - i);
-}
-DC_F16C void widen_avx2(const c10::Half* x, float* y, int64_t n) {
-  const auto* p = reinterpret_cast<const uint16_t*>(x);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i))));
-  widen_scalar(x + i, y + i, n - i);
-}
-DC_F16C void narrow_avx2(const float* x, c10::Half* y, int64_t n) {
-  auto* p = reinterpret_cast<uint16_t*>(y);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
-  narrow_scalar(x + i, y + i, n - i);
-}
-#undef DC_F16C
-#endif
-
-inline bool f16c_rows() {
-#ifdef DIFFCORE_HAVE_AVX2
-  static const bool ok = avx2_rows() && __builtin_cpu_supports("f16c");
-  return ok;
-#else
-  return false;
-#endif
-}
-
-template <typename S> void widen(const S* x, float* y, int64_t n) {
-#ifdef DIFFCORE_HAVE_AVX2
-  if (f16c_rows()) return widen_avx2(x, y, n);
-#endif
-  widen_scalar(x, y, n);
-}
-template <typename S> void narrow(const float* x, S* y, int64_t n) {
-#ifdef DIFFCORE_HAVE_AVX2
-  if (f16c_rows()) return narrow_avx2(x, y, n);
-#endif
-  narrow_scalar(x, y, n);
-}
+using half_rows::narrow;
+using half_rows::widen;
 
 // per-channel shifted sums of one channels_last row of C values
 template <typename T>

@@ -11,6 +11,7 @@
 
 #include "../common.h"
 #include "../philox.h"
+#include "half_rows.h"
 #include "noise_avx2.h"
 #include "pool.h"
 
@@ -444,10 +445,35 @@ std::tuple<at::Tensor, at::Tensor> langevin_step_cpu(const at::Tensor& x, const 
   return {out, mean};
 }
 
+// 16-bit storage: chunks widened into float buffers in L1, (a + b) * scale in float32, rounded
+// once to nearest even (what the reference's float32 arithmetic and cast give).
+template <typename S> void residual_add_half(const S* a, const S* b, S* o, int64_t N, float sc) {
+  at::parallel_for(0, (N + kChunk - 1) / kChunk, kGrain, [&](int64_t begin, int64_t end) {
+    alignas(64) float fa[kChunk], fb[kChunk];
+    for (int64_t c = begin; c < end; ++c) {
+      const int64_t e0 = c * kChunk, n = std::min(kChunk, N - e0);
+      half_rows::widen(a + e0, fa, n);
+      half_rows::widen(b + e0, fb, n);
+      DC_SIMD for (int64_t i = 0; i < n; ++i) fa[i] = (fa[i] + fb[i]) * sc;
+      half_rows::narrow(fa, o + e0, n);
+    }
+  });
+}
+
 at::Tensor residual_add_cpu(const at::Tensor& skip, const at::Tensor& h, double scale) {
   check_residual_add(skip, h, c10::DeviceType::CPU);
   auto out = pooled_empty_like(h);
   const int64_t N = h.numel();
+  if (h.scalar_type() == at::kBFloat16) {
+    residual_add_half(skip.data_ptr<c10::BFloat16>(), h.data_ptr<c10::BFloat16>(), out.data_ptr<c10::BFloat16>(), N,
+                      static_cast<float>(scale));
+    return out;
+  }
+  if (h.scalar_type() == at::kHalf) {
+    residual_add_half(skip.data_ptr<c10::Half>(), h.data_ptr<c10::Half>(), out.data_ptr<c10::Half>(), N,
+                      static_cast<float>(scale));
+    return out;
+  }
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "diffcore::residual_add", [&] {
     using T = scalar_t;
     const T *a = skip.data_ptr<T>(), *b = h.data_ptr<T>();

@@ -13,18 +13,22 @@
 // A block's V and M stay in L2 between the three steps; the transforms are adds over rows of C.
 // Rounding: within a few float32 ulps of the output's scale (tests/test_winograd.py).
 //
+// F(4x4, 3x3) too (36-element transforms, 6x6 input and 4x4 output tiles: 2.25 multiply-adds
+// per output pixel and input channel), chosen by the packed weight's first dimension (16 or 36).
+// Its float32 rounding is several times F(2x2)'s; diffcore.winograd runs it for bf16 input.
+//
 // bfloat16 input (CPUs whose oneDNN has no bf16 convolutions, where autocast would take
 // PyTorch's slow reference path): the same arithmetic on the bf16 values widened to float32,
 // the output rounded to bf16 once (nearest even), as a bf16 convolution with float32
 // accumulation rounds it. V, U and M stay float32.
 #include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "../common.h"
+#include "half_rows.h"
 #include "noise_avx2.h"
 #include "pool.h"
 
@@ -77,6 +81,68 @@ DC_INLINE void output_tile(const float* const* m, T* const* y, const float* bias
   }
 }
 
+// ---- F(4x4, 3x3): 6x6 input tiles, 36 products, 4x4 output tiles (2.25 multiply-adds per
+// output pixel and input channel instead of 4). Lavin & Gray's matrices (points 0, +-1, +-2):
+//   B^T d: 4d0 - 5d2 + d4, (d3 + d4) - 4(d1 + d2), (d4 - d3) + 4(d1 - d2),
+//          (d4 - d2) + 2(d3 - d1), (d4 - d2) - 2(d3 - d1), 4d1 - 5d3 + d5
+//   A^T m: m0 + m1 + m2 + m3 + m4, (m1 - m2) + 2(m3 - m4), (m1 + m2) + 4(m3 + m4),
+//          (m1 - m2) + 8(m3 - m4) + m5
+// Its float32 rounding is a few times F(2x2)'s (larger coefficients, longer sums), far below a
+// bf16 output's rounding: diffcore.winograd runs it for bf16 input.
+template <typename V> DC_INLINE void bt6(const V* d, V* t) {   // V: float or __m256 (GCC vector)
+  const V a = d[4] - d[2], b = d[3] - d[1];
+  t[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
+  t[1] = (d[3] + d[4]) - 4.0f * (d[1] + d[2]);
+  t[2] = (d[4] - d[3]) + 4.0f * (d[1] - d[2]);
+  t[3] = a + 2.0f * b;
+  t[4] = a - 2.0f * b;
+  t[5] = 4.0f * d[1] - 5.0f * d[3] + d[5];
+}
+template <typename V> DC_INLINE void at6(const V* m, V* y) {
+  const V s12 = m[1] + m[2], d12 = m[1] - m[2], s34 = m[3] + m[4], d34 = m[3] - m[4];
+  y[0] = s12 + s34 + m[0];
+  y[1] = d12 + 2.0f * d34;
+  y[2] = s12 + 4.0f * s34;
+  y[3] = d12 + 8.0f * d34 + m[5];
+}
+
+template <int L, typename T>
+DC_INLINE void input_tile4(const T* const* p, float* const* v, int64_t c) {
+  for (int l = 0; l < L; ++l) {
+    float u[6][6];
+    for (int s = 0; s < 6; ++s) {       // columns of d: B^T d
+      float d[6], t[6];
+      for (int r = 0; r < 6; ++r) d[r] = p[6 * r + s][c + l];
+      bt6(d, t);
+      for (int r = 0; r < 6; ++r) u[r][s] = t[r];
+    }
+    for (int r = 0; r < 6; ++r) {       // rows: (B^T d) B
+      float t[6];
+      bt6(u[r], t);
+      for (int s = 0; s < 6; ++s) v[6 * r + s][c + l] = t[s];
+    }
+  }
+}
+
+template <int L, typename T>
+DC_INLINE void output_tile4(const float* const* m, T* const* y, const float* bias, int64_t c) {
+  for (int l = 0; l < L; ++l) {
+    float a[4][6];
+    for (int s = 0; s < 6; ++s) {       // columns: A^T m
+      float col[6], t[4];
+      for (int r = 0; r < 6; ++r) col[r] = m[6 * r + s][c + l];
+      at6(col, t);
+      for (int i = 0; i < 4; ++i) a[i][s] = t[i];
+    }
+    const float z = bias ? bias[c + l] : 0.0f;
+    for (int i = 0; i < 4; ++i) {       // rows: (A^T m) A
+      float t[4];
+      at6(a[i], t);
+      for (int j = 0; j < 4; ++j) y[4 * i + j][c + l] = t[j] + z;
+    }
+  }
+}
+
 constexpr int kLanes = 8;   // one AVX2 vector of float32
 
 #ifdef DIFFCORE_HAVE_AVX2
@@ -84,18 +150,8 @@ constexpr int kLanes = 8;   // one AVX2 vector of float32
 // spills the 16 x 8 tile to the stack): one output row of V at a time from the two input rows
 // it needs, so that a dozen registers suffice.
 #define DC_AVX2_FN inline __attribute__((always_inline, target("avx2,fma")))
-DC_AVX2_FN __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-DC_AVX2_FN __m256 load8(const c10::BFloat16* p) {   // bf16 -> float32 is exact: the bits shifted up
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
-}
-DC_AVX2_FN void store8(float* y, __m256 v) { _mm256_storeu_ps(y, v); }
-DC_AVX2_FN void store8(c10::BFloat16* y, __m256 v) {   // round to nearest even, NaN -> quiet NaN (c10's rule)
-  const __m256i bits = _mm256_castps_si256(v);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
-  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
-  _mm_storeu_si128((__m128i*)y, _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
-}
+using half_rows::load8;
+using half_rows::store8;
 
 template <typename T>
 DC_AVX2_FN void input_tile_avx2(const T* const* p, float* const* v, int64_t c) {
@@ -144,6 +200,54 @@ __attribute__((target("avx2,fma"))) void output_rows_avx2(const float* const* m,
   for (; c + kLanes <= K; c += kLanes) output_tile_avx2(m, y, bias, c);
   for (; c < K; ++c) output_tile<1, T>(m, y, bias, c);
 }
+
+template <typename T>
+DC_AVX2_FN void input_tile4_avx2(const T* const* p, float* const* v, int64_t c) {
+  __m256 u[6][6];
+  for (int s = 0; s < 6; ++s) {
+    __m256 d[6];
+    for (int r = 0; r < 6; ++r) d[r] = load8(p[6 * r + s] + c);
+    bt6(d, u[s]);             // u[s][r] = (B^T d)[r][s]
+  }
+  for (int r = 0; r < 6; ++r) {
+    __m256 row[6], t[6];
+    for (int s = 0; s < 6; ++s) row[s] = u[s][r];
+    bt6(row, t);
+    for (int s = 0; s < 6; ++s) _mm256_storeu_ps(v[6 * r + s] + c, t[s]);
+  }
+}
+
+template <typename T>
+DC_AVX2_FN void output_tile4_avx2(const float* const* m, T* const* y, const float* bias, int64_t c) {
+  __m256 a[6][4];
+  for (int s = 0; s < 6; ++s) {
+    __m256 col[6];
+    for (int r = 0; r < 6; ++r) col[r] = _mm256_loadu_ps(m[6 * r + s] + c);
+    at6(col, a[s]);           // a[s][i] = (A^T m)[i][s]
+  }
+  const __m256 z = bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
+  for (int i = 0; i < 4; ++i) {
+    __m256 row[6], t[4];
+    for (int s = 0; s < 6; ++s) row[s] = a[s][i];
+    at6(row, t);
+    for (int j = 0; j < 4; ++j) store8(y[4 * i + j] + c, _mm256_add_ps(t[j], z));
+  }
+}
+
+template <typename T>
+__attribute__((target("avx2,fma"))) void input_rows4_avx2(const T* const* p, float* const* v, int64_t C) {
+  int64_t c = 0;
+  for (; c + kLanes <= C; c += kLanes) input_tile4_avx2(p, v, c);
+  for (; c < C; ++c) input_tile4<1, T>(p, v, c);
+}
+
+template <typename T>
+__attribute__((target("avx2,fma"))) void output_rows4_avx2(const float* const* m, T* const* y, const float* bias,
+                                                            int64_t K) {
+  int64_t c = 0;
+  for (; c + kLanes <= K; c += kLanes) output_tile4_avx2(m, y, bias, c);
+  for (; c < K; ++c) output_tile4<1, T>(m, y, bias, c);
+}
 #undef DC_AVX2_FN
 #endif
 
@@ -152,65 +256,78 @@ struct Geometry {
   int64_t th, tw;            // tiles per column and per row
 };
 
-// Tile t's 16 input rows: pixel (2i - 1 + r, 2j - 1 + s) of image b, or the zero row.
-template <typename T>
+// F(R x R, 3x3): R = 2 or 4, input tiles of N = (R + 2)^2 pixels, R x R output tiles.
+template <int R> constexpr int kAlpha = R + 2;
+template <int R> constexpr int kN = (R + 2) * (R + 2);
+
+// Tile t's input rows: pixel (R i - 1 + r, R j - 1 + s) of image b, or the zero row.
+template <int R, typename T>
 DC_INLINE void tile_inputs(const Geometry& g, const T* x, const T* zeros, int64_t t, const T** p) {
   const int64_t b = t / (g.th * g.tw), i = t / g.tw % g.th, j = t % g.tw;
-  for (int r = 0; r < 4; ++r)
-    for (int s = 0; s < 4; ++s) {
-      const int64_t h = 2 * i - 1 + r, w = 2 * j - 1 + s;
-      p[4 * r + s] = (h >= 0 && h < g.H && w >= 0 && w < g.W) ? x + ((b * g.H + h) * g.W + w) * g.C : zeros;
+  for (int r = 0; r < kAlpha<R>; ++r)
+    for (int s = 0; s < kAlpha<R>; ++s) {
+      const int64_t h = R * i - 1 + r, w = R * j - 1 + s;
+      p[kAlpha<R> * r + s] = (h >= 0 && h < g.H && w >= 0 && w < g.W) ? x + ((b * g.H + h) * g.W + w) * g.C : zeros;
     }
 }
 
-template <typename T>
+template <int R, typename T>
 DC_INLINE void tile_outputs(const Geometry& g, T* y, T* sink, int64_t t, T** q) {
   const int64_t b = t / (g.th * g.tw), i = t / g.tw % g.th, j = t % g.tw;
-  for (int r = 0; r < 2; ++r)
-    for (int s = 0; s < 2; ++s) {
-      const int64_t h = 2 * i + r, w = 2 * j + s;
-      q[2 * r + s] = (h < g.H && w < g.W) ? y + ((b * g.H + h) * g.W + w) * g.K : sink;
+  for (int r = 0; r < R; ++r)
+    for (int s = 0; s < R; ++s) {
+      const int64_t h = R * i + r, w = R * j + s;
+      q[R * r + s] = (h < g.H && w < g.W) ? y + ((b * g.H + h) * g.W + w) * g.K : sink;
     }
+}
+
+// one tile's channels [c, c + L) through B^T d B (into V) and A^T m A + bias (into y)
+template <int R, int L, typename T> DC_INLINE void input_tile_r(const T* const* p, float* const* v, int64_t c) {
+  if constexpr (R == 2) input_tile<L, T>(p, v, c); else input_tile4<L, T>(p, v, c);
+}
+template <int R, int L, typename T>
+DC_INLINE void output_tile_r(const float* const* m, T* const* y, const float* bias, int64_t c) {
+  if constexpr (R == 2) output_tile<L, T>(m, y, bias, c); else output_tile4<L, T>(m, y, bias, c);
 }
 
 // Tiles [t0, t1) into V (rows of n tiles per element: V[k][t - t0][c]).
-template <typename T>
+template <int R, typename T>
 void input_pass(const Geometry& g, const T* x, const T* zeros, float* V, int64_t n, int64_t t0, int64_t t1,
                 bool avx2) {
-  const T* p[16];
-  float* v[16];
+  const T* p[kN<R>];
+  float* v[kN<R>];
   for (int64_t t = t0; t < t1; ++t) {
-    tile_inputs(g, x, zeros, t, p);
-    for (int k = 0; k < 16; ++k) v[k] = V + (k * n + (t - t0)) * g.C;
+    tile_inputs<R>(g, x, zeros, t, p);
+    for (int k = 0; k < kN<R>; ++k) v[k] = V + (k * n + (t - t0)) * g.C;
 #ifdef DIFFCORE_HAVE_AVX2
     if (avx2) {
-      input_rows_avx2(p, v, g.C);
+      if constexpr (R == 2) input_rows_avx2(p, v, g.C); else input_rows4_avx2(p, v, g.C);
       continue;
     }
 #endif
     int64_t c = 0;
-    for (; c + kLanes <= g.C; c += kLanes) input_tile<kLanes, T>(p, v, c);
-    for (; c < g.C; ++c) input_tile<1, T>(p, v, c);
+    for (; c + kLanes <= g.C; c += kLanes) input_tile_r<R, kLanes, T>(p, v, c);
+    for (; c < g.C; ++c) input_tile_r<R, 1, T>(p, v, c);
   }
 }
 
-template <typename T>
+template <int R, typename T>
 void output_pass(const Geometry& g, const float* M, int64_t n, int64_t ldm, const float* bias, T* y, T* sink,
                  int64_t t0, int64_t t1, bool avx2) {
-  const float* m[16];
-  T* q[4];
+  const float* m[kN<R>];
+  T* q[R * R];
   for (int64_t t = t0; t < t1; ++t) {
-    tile_outputs(g, y, sink, t, q);
-    for (int k = 0; k < 16; ++k) m[k] = M + (k * n + (t - t0)) * ldm;
+    tile_outputs<R>(g, y, sink, t, q);
+    for (int k = 0; k < kN<R>; ++k) m[k] = M + (k * n + (t - t0)) * ldm;
 #ifdef DIFFCORE_HAVE_AVX2
     if (avx2) {
-      output_rows_avx2(m, q, bias, g.K);
+      if constexpr (R == 2) output_rows_avx2(m, q, bias, g.K); else output_rows4_avx2(m, q, bias, g.K);
       continue;
     }
 #endif
     int64_t c = 0;
-    for (; c + kLanes <= g.K; c += kLanes) output_tile<kLanes, T>(m, q, bias, c);
-    for (; c < g.K; ++c) output_tile<1, T>(m, q, bias, c);
+    for (; c + kLanes <= g.K; c += kLanes) output_tile_r<R, kLanes, T>(m, q, bias, c);
+    for (; c < g.K; ++c) output_tile_r<R, 1, T>(m, q, bias, c);
   }
 }
 
@@ -222,6 +339,9 @@ constexpr int kMR = 6, kNR = 16;
 // Tiles per block, a multiple of kMR: V and M of a block stay in L2, U[k]'s 16-column panel in
 // L1 over the block's 4 row tiles (24 and 48 measured alike, 96 slower: CIFAR U-Net layers).
 constexpr int64_t kBlockTiles = 24;
+// F(4x4): 36 rows of V and M per tile against 16; 12 tiles measured best over the CIFAR U-Net's
+// layers at batch 16 (24: up to 35% slower, 256 channels at 8x8; 6: up to 32% slower, 512 -> 256)
+constexpr int64_t kBlockTiles4 = 12;
 
 #ifdef DIFFCORE_HAVE_AVX2
 __attribute__((target("avx2,fma"))) void tile_6x16_avx2(const float* a, int64_t lda, const float* b, int64_t C,
@@ -305,10 +425,10 @@ void check_winograd(const at::Tensor& x, const at::Tensor& u, const c10::optiona
               " strides ", x.strides());
   TORCH_CHECK(K >= 1, "diffcore: conv3x3_winograd: out_channels must be >= 1; got ", K);
   const int64_t panels = (K + kNR - 1) / kNR;
-  TORCH_CHECK(u.dim() == 4 && u.size(0) == 16 && u.size(1) == panels && u.size(2) == x.size(1) &&
-                  u.size(3) == kNR && u.is_contiguous(),
-              "diffcore: conv3x3_winograd: u must be the contiguous packed weight [16, ", panels, ", ", x.size(1),
-              ", 16] (diffcore.winograd.transform_weight); got sizes ", u.sizes());
+  TORCH_CHECK(u.dim() == 4 && (u.size(0) == kN<2> || u.size(0) == kN<4>) && u.size(1) == panels &&
+                  u.size(2) == x.size(1) && u.size(3) == kNR && u.is_contiguous(),
+              "diffcore: conv3x3_winograd: u must be the contiguous packed weight [16 or 36, ", panels, ", ",
+              x.size(1), ", 16] (diffcore.winograd.transform_weight, tile 2 or 4); got sizes ", u.sizes());
   if (bias.has_value()) {
     const auto& b = *bias;
     TORCH_CHECK(b.device().is_cpu() && (b.scalar_type() == at::kFloat || b.scalar_type() == x.scalar_type()) &&
@@ -318,12 +438,14 @@ void check_winograd(const at::Tensor& x, const at::Tensor& u, const c10::optiona
   }
 }
 
-template <typename T>
+inline constexpr int64_t block_tiles(int R) { return R == 2 ? kBlockTiles : kBlockTiles4; }
+
+template <int R, typename T>
 void winograd_run(const Geometry& g, const T* xp, const float* up, int64_t Kp, const float* bp, T* yp) {
   const int64_t T_ = g.B * g.th * g.tw;
-  // fewer tiles than 24 per thread (small images, batch 1): smaller blocks, so every thread has one
+  // fewer tiles than a block per thread (small images, batch 1): smaller blocks, so every thread has one
   const int64_t per_thread = (T_ + at::get_num_threads() - 1) / at::get_num_threads();
-  const int64_t Tb = std::min(kBlockTiles, (per_thread + kMR - 1) / kMR * kMR);
+  const int64_t Tb = std::min(block_tiles(R), (per_thread + kMR - 1) / kMR * kMR);
   const int64_t blocks = (T_ + Tb - 1) / Tb;
   const std::vector<T> zeros(g.C, T(0.0f));
   const bool avx2 = avx2_winograd();
@@ -333,34 +455,42 @@ void winograd_run(const Geometry& g, const T* xp, const float* up, int64_t Kp, c
   const TileFn f = tile_6x16_scalar;
 #endif
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> V(16 * Tb * g.C, 0.0f), M(16 * Tb * Kp);
+    std::vector<float> V(kN<R> * Tb * g.C, 0.0f), M(kN<R> * Tb * Kp);
     std::vector<T> sink(g.K);
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t t0 = blk * Tb, t1 = std::min(T_, t0 + Tb), n = (t1 - t0 + kMR - 1) / kMR * kMR;
-      input_pass(g, xp, zeros.data(), V.data(), Tb, t0, t1, avx2);
-      for (int k = 0; k < 16; ++k)
+      input_pass<R>(g, xp, zeros.data(), V.data(), Tb, t0, t1, avx2);
+      for (int k = 0; k < kN<R>; ++k)
         gemm(f, V.data() + k * Tb * g.C, up + k * Kp * g.C, M.data() + k * Tb * Kp, n, g.C, Kp);
-      output_pass(g, M.data(), Tb, Kp, bp, yp, sink.data(), t0, t1, avx2);
+      output_pass<R>(g, M.data(), Tb, Kp, bp, yp, sink.data(), t0, t1, avx2);
     }
   });
+}
+
+template <int R>
+void winograd_dispatch(const at::Tensor& x, const float* up, int64_t Kp, const float* bp, at::Tensor& y, int64_t K) {
+  const Geometry g{x.size(0), x.size(1), x.size(2), x.size(3), K, (x.size(2) + R - 1) / R, (x.size(3) + R - 1) / R};
+  if (x.scalar_type() == at::kBFloat16)
+    winograd_run<R>(g, x.data_ptr<c10::BFloat16>(), up, Kp, bp, y.data_ptr<c10::BFloat16>());
+  else
+    winograd_run<R>(g, x.data_ptr<float>(), up, Kp, bp, y.data_ptr<float>());
 }
 
 at::Tensor conv3x3_winograd_cpu(const at::Tensor& x, const at::Tensor& u, const c10::optional<at::Tensor>& bias,
                                 int64_t K) {
   check_winograd(x, u, bias, K);
-  Geometry g{x.size(0), x.size(1), x.size(2), x.size(3), K, (x.size(2) + 1) / 2, (x.size(3) + 1) / 2};
-  auto y = pooled_empty_strided({g.B, g.K, g.H, g.W}, {g.H * g.W * g.K, 1, g.W * g.K, g.K}, x.scalar_type());
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  auto y = pooled_empty_strided({B, K, H, W}, {H * W * K, 1, W * K, K}, x.scalar_type());
   if (y.numel() == 0) return y;
-  if (g.C == 0) return bias.has_value() ? y.copy_(bias->view({1, g.K, 1, 1}).expand_as(y)) : y.zero_();
+  if (C == 0) return bias.has_value() ? y.copy_(bias->view({1, K, 1, 1}).expand_as(y)) : y.zero_();
   // the bias is added in float32 before the output's one rounding
   const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
-  const float* up = u.data_ptr<float>();
   const int64_t Kp = u.size(1) * kNR;
-  if (x.scalar_type() == at::kBFloat16)
-    winograd_run(g, x.data_ptr<c10::BFloat16>(), up, Kp, bp, y.data_ptr<c10::BFloat16>());
+  if (u.size(0) == kN<2>)
+    winograd_dispatch<2>(x, u.data_ptr<float>(), Kp, bp, y, K);
   else
-    winograd_run(g, x.data_ptr<float>(), up, Kp, bp, y.data_ptr<float>());
+    winograd_dispatch<4>(x, u.data_ptr<float>(), Kp, bp, y, K);
   return y;
 }
 
