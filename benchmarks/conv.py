@@ -7,8 +7,14 @@ of the layers accelerate swaps (recorded from one forward at the batch given) is
 side by side, interleaved; the per-forward total weights each shape by its number of layers.
 Each shape's max |error| against the float64 convolution is reported for both.
 
-    python benchmarks/conv.py [--threads N] [--batch 16] [--repeats 9] [--quick]
-    (results/conv.json; results/conv_batchN.json for another batch)
+--bf16: diffcore's bf16 path (winograd.conv3x3 on bf16 input: F(4x4, 3x3), the weight rounded
+to bf16, float32 arithmetic, a bf16 output) beside its float32 F(2x2, 3x3) and PyTorch's
+float32 channels_last convolution; the bf16 error is against the float64 convolution of the
+bf16-rounded operands, in units of half a bf16 ulp of each output plus eps32 times its scale
+(|x| conv |w| + |b|): a bf16 convolution's rounding with float32 accumulation.
+
+    python benchmarks/conv.py [--threads N] [--batch 16] [--repeats 9] [--quick] [--bf16]
+    (results/conv.json; results/conv_batchN.json for another batch; conv_bf16*.json)
 """
 from __future__ import annotations
 
@@ -41,12 +47,34 @@ def layer_shapes(batch: int) -> collections.Counter:
     return seen
 
 
+def bf16_row(C, K, H, W, count, x_cl, w, b, ours, conv_cl, repeats, totals) -> dict:
+    """One shape of the --bf16 table (totals gains each contender's time x count)."""
+    xb = x_cl.to(torch.bfloat16)
+    with torch.no_grad():
+        med = {k: v["median_s"] for k, v in interleaved({
+            "diffcore bf16": lambda: winograd.conv3x3(xb, w, b),
+            "diffcore fp32": lambda: ours(x_cl),
+            "torch fp32": lambda: conv_cl(x_cl),
+        }, repeats).items()}
+        r16 = [t.to(torch.bfloat16).double() for t in (xb, w, b)]
+        ref = F.conv2d(*r16, padding=1)
+        scale = F.conv2d(*(t.abs() for t in r16), padding=1)
+        err = (winograd.conv3x3(xb, w, b).double() - ref).abs() / (2.0 ** -8 * ref.abs() + 2.0 ** -23 * scale)
+    for k, v in med.items():
+        totals[k] += count * v
+    return {"shape": f"{C}->{K} {H}x{W}", "layers": count, **{f"{k} ms": round(v * 1e3, 2) for k, v in med.items()},
+            "bf16 vs diffcore fp32": round(med["diffcore fp32"] / med["diffcore bf16"], 2),
+            "bf16 vs torch fp32": round(med["torch fp32"] / med["diffcore bf16"], 2),
+            "bf16 err / bound": round(err.max().item(), 3)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--quick", action="store_true", help="batch 2, 2 repeats")
+    ap.add_argument("--bf16", action="store_true", help="diffcore bf16 (F(4x4)) vs its float32 and torch float32")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -62,6 +90,10 @@ def main():
         x = torch.randn(batch, C, H, W)
         x_cl = x.contiguous(memory_format=torch.channels_last)
         w, b = conv.weight.detach(), conv.bias.detach()
+        if a.bf16:
+            rows.append(bf16_row(C, K, H, W, count, x_cl, w, b, ours, conv_cl, repeats, totals))
+            print_table(rows[-1:])
+            continue
         with torch.no_grad():
             med = {k: v["median_s"] for k, v in interleaved({
                 "diffcore": lambda: ours(x_cl),
@@ -79,6 +111,16 @@ def main():
                      "vs NCHW": round(med["torch NCHW"] / med["diffcore"], 2),
                      "max err diffcore": f"{err_w:.1e}", "max err torch": f"{err_t:.1e}"})
         print_table(rows[-1:])
+    if a.bf16:
+        rows.append({"shape": "per forward (sum over layers)", "layers": sum(r["layers"] for r in rows),
+                     **{f"{k} ms": round(v * 1e3, 1) for k, v in totals.items()},
+                     "bf16 vs diffcore fp32": round(totals["diffcore fp32"] / totals["diffcore bf16"], 2),
+                     "bf16 vs torch fp32": round(totals["torch fp32"] / totals["diffcore bf16"], 2),
+                     "bf16 err / bound": max(r["bf16 err / bound"] for r in rows)})
+        print_table(rows)
+        name = "conv_bf16" + ("_quick" if a.quick else (f"_batch{batch}" if batch != 16 else ""))
+        print("wrote", write_results(name, rows, {k: rows[-1][k] for k in ("bf16 vs diffcore fp32", "bf16 vs torch fp32")}))
+        return
     rows.append({"shape": "per forward (sum over layers)", "layers": sum(r["layers"] for r in rows),
                  **{f"{k} ms": round(v * 1e3, 1) for k, v in totals.items()},
                  "vs channels_last": round(totals["torch channels_last"] / totals["diffcore"], 2),
