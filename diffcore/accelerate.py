@@ -263,11 +263,14 @@ def _project(lin, x):
 
 
 def _qkv(attn, tokens):
-    """The three projections of the tokens. Under CPU bf16 emulation (precision.autocast where
+    """The three projections of the tokens. Under CPU bf16 emulation (autocast to bf16 where
     oneDNN has no bf16) the tokens are widened to float32 once for all three, where each
-    widened linear would widen them again (the same numbers)."""
+    widened linear of precision.autocast would widen them again (the same numbers; under plain
+    torch.autocast, whose bf16 matmul is the slow reference kernel, the same bf16 values with
+    float32 accumulation)."""
     lins = (attn.to_q, attn.to_k, attn.to_v)
-    if tokens.dtype == torch.bfloat16 and precision.cpu_bf16_emulated() and all(map(_plain_linear, lins)):
+    if (tokens.dtype == torch.bfloat16 and tokens.device.type == "cpu" and precision.cpu_bf16_emulated()
+            and all(_plain_linear(lin) and lin.weight.dtype in (torch.float32, torch.bfloat16) for lin in lins)):
         wide = tokens.float()
         return tuple(precision.linear_on_bf16_values(wide, lin.weight, lin.bias) for lin in lins)
     return tuple(_project(lin, tokens) for lin in lins)

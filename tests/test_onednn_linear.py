@@ -34,3 +34,18 @@ def test_other_dtypes_and_gradients_take_f_linear():
     torch.testing.assert_close(wg.grad, x.sum(0).expand(5, 6))
     with torch.no_grad():
         assert onednn_linear.usable(x, wg) == onednn_linear.AVAILABLE
+
+
+def test_shapes_the_op_does_not_take_and_autocast_take_f_linear():
+    x, w = torch.randn(4, 6), torch.randn(5, 6)
+    for args in [(x, torch.randn(6)),                       # 1-D weight
+                 (x, w, torch.randn(1)),                     # a broadcast bias
+                 (x, w, torch.tensor(0.5)),                  # a 0-d bias
+                 (torch.randn(4, 0), torch.randn(5, 0))]:    # no input features
+        assert not onednn_linear.usable(*args)
+        torch.testing.assert_close(onednn_linear.linear(*args), F.linear(*args), atol=0, rtol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):       # autocast decides F.linear's dtype
+        assert not onednn_linear.usable(x, w)
+        assert onednn_linear.linear(x, w).dtype == torch.bfloat16
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not onednn_linear.usable(x, w)

@@ -1,8 +1,9 @@
 // 16-bit storage (bfloat16, float16) <-> float32 for the CPU kernels that compute a 16-bit
 // tensor in float32: eight values in a register (load8 / store8, for kernels compiled with
 // target("avx2,fma")) and whole rows (widen / narrow, AVX2 + F16C chosen at run time, scalar
-// otherwise). Narrowing rounds to nearest even and sends NaN to a quiet NaN: the bits c10's own
-// conversions give, so a kernel's 16-bit output equals its float32 result cast by PyTorch.
+// otherwise). Narrowing rounds to nearest even and sends NaN to a quiet NaN (0x7FC0 for bf16):
+// the bits c10's scalar conversions give, so a kernel's 16-bit output equals its float32 result
+// cast by PyTorch (NaN payloads apart: PyTorch's vectorised cast may give another NaN).
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -53,6 +54,9 @@ template <typename S> DC_HALF_ROWS void narrow_avx2(const float* x, S* y, int64_
   for (; i + 8 <= n; i += 8) store8(y + i, load8(x + i));
   narrow_scalar(x + i, y + i, n - i);
 }
+#undef DC_HALF8
+#undef DC_HALF8_F16C
+#undef DC_HALF_ROWS
 #endif
 
 inline bool f16c_rows() {
