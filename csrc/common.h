@@ -17,11 +17,14 @@ inline bool getenv_flag(const char* name) {
   return v != nullptr && *v != '\0' && std::strcmp(v, "0") != 0;
 }
 
-inline void check_float_x(const at::Tensor& x, const char* name, c10::DeviceType dev) {
+// reduced_ok: bfloat16 / float16 accepted too (ops that compute them in float32).
+inline void check_float_x(const at::Tensor& x, const char* name, c10::DeviceType dev, bool reduced_ok = false) {
   TORCH_CHECK(x.device().type() == dev, "diffcore: ", name, " must be a ", c10::DeviceTypeName(dev),
               " tensor for this implementation; got ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "diffcore: ", name,
-              " must be float32 or float64; got ", x.scalar_type());
+  const auto t = x.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kDouble || (reduced_ok && (t == at::kBFloat16 || t == at::kHalf)),
+              "diffcore: ", name, " must be float32 or float64", reduced_ok ? " (or bfloat16 / float16)" : "",
+              "; got ", t);
   TORCH_CHECK(x.dim() >= 1 && x.size(0) >= 0, "diffcore: ", name, " must have a batch dimension; got a 0-d tensor");
   TORCH_CHECK(x.is_contiguous(), "diffcore: ", name, " must be contiguous; got strides ", x.strides());
 }
@@ -168,14 +171,7 @@ inline void check_langevin_step(const at::Tensor& x, const at::Tensor& score, co
 // residual_add: float32 / float64 h, and on the CPU also bfloat16 / float16 (computed in float32;
 // CUDA leaves the 16-bit types to Triton and the reference).
 inline void check_residual_add(const at::Tensor& skip, const at::Tensor& h, c10::DeviceType dev) {
-  const auto t = h.scalar_type();
-  if (dev == c10::DeviceType::CPU && (t == at::kBFloat16 || t == at::kHalf)) {
-    TORCH_CHECK(h.device().type() == dev, "diffcore: h must be a CPU tensor for this implementation; got ", h.device());
-    TORCH_CHECK(h.dim() >= 1, "diffcore: h must have a batch dimension; got a 0-d tensor");
-    TORCH_CHECK(h.is_contiguous(), "diffcore: h must be contiguous; got strides ", h.strides());
-  } else {
-    check_float_x(h, "h", dev);
-  }
+  check_float_x(h, "h", dev, dev == c10::DeviceType::CPU);
   check_like(skip, "skip", h);
 }
 

@@ -305,8 +305,10 @@ def _coef(c, x):
     return c.to(dtype=torch.float64, device=x.device).contiguous()
 
 
-def _native_ok(x) -> bool:
-    return x.dtype in _FLOATS and available(x.device) and x.dim() >= 1
+def _native_ok(x, cpu_halves: bool = False) -> bool:
+    """Whether the extension takes x (cpu_halves: bfloat16 / float16 on the CPU too)."""
+    dtype_ok = x.dtype in _FLOATS or (cpu_halves and x.dtype in _HALVES and x.device.type == "cpu")
+    return dtype_ok and available(x.device) and x.dim() >= 1
 
 
 def _noise_args(z, noise_address, x):
@@ -390,8 +392,7 @@ def langevin_step(x, score, alpha, snr, z, noise_address=None, norm="per_sample"
 
 
 def residual_add(skip, h, scale=1.0):
-    cpu_half = h.dtype in _HALVES and h.device.type == "cpu" and available(h.device) and h.dim() >= 1
-    if not (_native_ok(h) or cpu_half) or skip.dtype != h.dtype:
+    if not _native_ok(h, cpu_halves=True) or skip.dtype != h.dtype:
         return _ops.residual_add_reference(skip, h, scale)
     fmt = torch.channels_last if h.dim() == 4 and h.is_contiguous(memory_format=torch.channels_last) \
         and not h.is_contiguous() else None

@@ -14,8 +14,8 @@ dtype (bf16: the weight and bias rounded to bf16, float32 arithmetic, the output
 as a bf16 convolution with float32 accumulation; for CPUs whose oneDNN has no bf16). bf16 runs
 F(4x4, 3x3): 2.25 multiply-adds per output pixel and input channel instead of 4 (1.2-1.6x
 faster on the CIFAR U-Net's layers), whose float32 rounding (at most 36 eps32 times the output's
-scale measured, against F(2x2)'s 2.4) is far below the bf16 output's half ulp (2^-9 of the
-value); float32 keeps F(2x2). The transformed weight (G g G^T, computed in float64) is made
+scale |x| conv |w| + |b| measured, against F(2x2)'s 2.4) is far below what rounding the inputs
+to bf16 costs (up to 2^-8 of that scale); float32 keeps F(2x2). The transformed weight (G g G^T, computed in float64) is made
 once per weight and kept while the weight is unchanged (see _transformed), in a registry
 dropped with the weight.
 
@@ -127,7 +127,7 @@ def _probe(w: torch.Tensor) -> torch.Tensor:
 
 
 def _transform(weight: torch.Tensor, bf16: bool) -> torch.Tensor:
-    # bf16: F(4x4, 3x3), whose float32 rounding is far below the bf16 output's (module docstring)
+    # bf16: F(4x4, 3x3), whose float32 rounding is far below the bf16 inputs' (module docstring)
     return transform_weight(weight.to(torch.bfloat16), tile=4) if bf16 else transform_weight(weight)
 
 

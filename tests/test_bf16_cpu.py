@@ -233,17 +233,19 @@ def _cases(g):
 
 
 class Recorder(torch.overrides.TorchFunctionMode):
-    """Sees the calls the widening mode (pushed above it) makes: func and its operands' dtypes."""
+    """Sees the calls the widening mode (pushed above it) makes: calls holds (func, its operands'
+    dtypes, whether autocast is on), firsts (func's name, its first tensor's dtype and shape)."""
 
     def __init__(self):
         super().__init__()
-        self.calls = []
+        self.calls, self.firsts = [], []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        leaves = torch.utils._pytree.tree_leaves((args, kwargs))
-        self.calls.append((func, {t.dtype for t in leaves if isinstance(t, torch.Tensor)},
-                           torch.is_autocast_enabled("cpu")))
+        tensors = _flat_tensors((args, kwargs))
+        self.calls.append((func, {t.dtype for t in tensors}, torch.is_autocast_enabled("cpu")))
+        if tensors:
+            self.firsts.append((getattr(func, "__name__", str(func)), tensors[0].dtype, tuple(tensors[0].shape)))
         return func(*args, **kwargs)
 
 
@@ -333,22 +335,14 @@ def test_attention_projections_widen_the_tokens_once_with_the_same_numbers(monke
         nn.init.normal_(lin.weight, generator=g)
     attn = SimpleNamespace(to_q=lins[0], to_k=lins[1], to_v=lins[2])
     tokens = torch.randn(3, 17, 40, generator=g).to(BF16)
-    seen = []
-
-    class Shapes(torch.overrides.TorchFunctionMode):   # (name, first tensor's dtype and shape)
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            first = next((t for t in _flat_tensors((args, kwargs or {}))), None)
-            seen.append((getattr(func, "__name__", str(func)), first.dtype, tuple(first.shape)))
-            return func(*args, **(kwargs or {}))
-
     with torch.no_grad():
-        with Shapes(), precision.autocast("cpu", BF16):
+        with Recorder() as rec, precision.autocast("cpu", BF16):
             got = _qkv(attn, tokens)
         with precision.autocast("cpu", BF16):
             each = [F.linear(tokens, lin.weight, lin.bias) for lin in lins]
-    widened = [c for c in seen if c[0] in ("float", "to") and c[1:] == (BF16, tuple(tokens.shape))]
-    matmuls = [c for c in seen if "linear" in c[0]]
-    assert len(widened) == 1 and len(matmuls) == 3 and all(c[1] == torch.float32 for c in matmuls), seen
+    widened = [c for c in rec.firsts if c[0] in ("float", "to") and c[1:] == (BF16, tuple(tokens.shape))]
+    matmuls = [c for c in rec.firsts if "linear" in c[0]]
+    assert len(widened) == 1 and len(matmuls) == 3 and all(c[1] == torch.float32 for c in matmuls), rec.firsts
     for y, e, lin in zip(got, each, lins):
         assert torch.equal(y, e)
         b = None if lin.bias is None else r16(lin.bias)

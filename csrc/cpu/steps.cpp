@@ -464,14 +464,11 @@ at::Tensor residual_add_cpu(const at::Tensor& skip, const at::Tensor& h, double 
   check_residual_add(skip, h, c10::DeviceType::CPU);
   auto out = pooled_empty_like(h);
   const int64_t N = h.numel();
-  if (h.scalar_type() == at::kBFloat16) {
-    residual_add_half(skip.data_ptr<c10::BFloat16>(), h.data_ptr<c10::BFloat16>(), out.data_ptr<c10::BFloat16>(), N,
-                      static_cast<float>(scale));
-    return out;
-  }
-  if (h.scalar_type() == at::kHalf) {
-    residual_add_half(skip.data_ptr<c10::Half>(), h.data_ptr<c10::Half>(), out.data_ptr<c10::Half>(), N,
-                      static_cast<float>(scale));
+  if (h.scalar_type() == at::kBFloat16 || h.scalar_type() == at::kHalf) {
+    AT_DISPATCH_REDUCED_FLOATING_TYPES(h.scalar_type(), "diffcore::residual_add", [&] {
+      residual_add_half(skip.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), N,
+                        static_cast<float>(scale));
+    });
     return out;
   }
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "diffcore::residual_add", [&] {

@@ -87,8 +87,9 @@ DC_INLINE void output_tile(const float* const* m, T* const* y, const float* bias
 //          (d4 - d2) + 2(d3 - d1), (d4 - d2) - 2(d3 - d1), 4d1 - 5d3 + d5
 //   A^T m: m0 + m1 + m2 + m3 + m4, (m1 - m2) + 2(m3 - m4), (m1 + m2) + 4(m3 + m4),
 //          (m1 - m2) + 8(m3 - m4) + m5
-// Its float32 rounding is a few times F(2x2)'s (larger coefficients, longer sums), far below a
-// bf16 output's rounding: diffcore.winograd runs it for bf16 input.
+// Its float32 rounding is several times F(2x2)'s (larger coefficients, longer sums), far below
+// what rounding the inputs to bf16 costs (2^-8 of an output's scale): diffcore.winograd runs it
+// for bf16 input.
 template <typename V> DC_INLINE void bt6(const V* d, V* t) {   // V: float or __m256 (GCC vector)
   const V a = d[4] - d[2], b = d[3] - d[1];
   t[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
@@ -143,6 +144,15 @@ DC_INLINE void output_tile4(const float* const* m, T* const* y, const float* bia
   }
 }
 
+// one tile's channels [c, c + L) through B^T d B (into V) and A^T m A + bias (into y)
+template <int R, int L, typename T> DC_INLINE void input_tile_r(const T* const* p, float* const* v, int64_t c) {
+  if constexpr (R == 2) input_tile<L, T>(p, v, c); else input_tile4<L, T>(p, v, c);
+}
+template <int R, int L, typename T>
+DC_INLINE void output_tile_r(const float* const* m, T* const* y, const float* bias, int64_t c) {
+  if constexpr (R == 2) output_tile<L, T>(m, y, bias, c); else output_tile4<L, T>(m, y, bias, c);
+}
+
 constexpr int kLanes = 8;   // one AVX2 vector of float32
 
 #ifdef DIFFCORE_HAVE_AVX2
@@ -187,21 +197,6 @@ DC_AVX2_FN void output_tile_avx2(const float* const* m, T* const* y, const float
 }
 
 template <typename T>
-__attribute__((target("avx2,fma"))) void input_rows_avx2(const T* const* p, float* const* v, int64_t C) {
-  int64_t c = 0;
-  for (; c + kLanes <= C; c += kLanes) input_tile_avx2(p, v, c);
-  for (; c < C; ++c) input_tile<1, T>(p, v, c);
-}
-
-template <typename T>
-__attribute__((target("avx2,fma"))) void output_rows_avx2(const float* const* m, T* const* y, const float* bias,
-                                                           int64_t K) {
-  int64_t c = 0;
-  for (; c + kLanes <= K; c += kLanes) output_tile_avx2(m, y, bias, c);
-  for (; c < K; ++c) output_tile<1, T>(m, y, bias, c);
-}
-
-template <typename T>
 DC_AVX2_FN void input_tile4_avx2(const T* const* p, float* const* v, int64_t c) {
   __m256 u[6][6];
   for (int s = 0; s < 6; ++s) {
@@ -234,19 +229,24 @@ DC_AVX2_FN void output_tile4_avx2(const float* const* m, T* const* y, const floa
   }
 }
 
-template <typename T>
-__attribute__((target("avx2,fma"))) void input_rows4_avx2(const T* const* p, float* const* v, int64_t C) {
+// One tile's rows of C (K) channels: 8 at a time with AVX2, the tail with the scalar template.
+template <int R, typename T>
+__attribute__((target("avx2,fma"))) void input_rows_avx2(const T* const* p, float* const* v, int64_t C) {
   int64_t c = 0;
-  for (; c + kLanes <= C; c += kLanes) input_tile4_avx2(p, v, c);
-  for (; c < C; ++c) input_tile4<1, T>(p, v, c);
+  for (; c + kLanes <= C; c += kLanes) {
+    if constexpr (R == 2) input_tile_avx2(p, v, c); else input_tile4_avx2(p, v, c);
+  }
+  for (; c < C; ++c) input_tile_r<R, 1, T>(p, v, c);
 }
 
-template <typename T>
-__attribute__((target("avx2,fma"))) void output_rows4_avx2(const float* const* m, T* const* y, const float* bias,
-                                                            int64_t K) {
+template <int R, typename T>
+__attribute__((target("avx2,fma"))) void output_rows_avx2(const float* const* m, T* const* y, const float* bias,
+                                                           int64_t K) {
   int64_t c = 0;
-  for (; c + kLanes <= K; c += kLanes) output_tile4_avx2(m, y, bias, c);
-  for (; c < K; ++c) output_tile4<1, T>(m, y, bias, c);
+  for (; c + kLanes <= K; c += kLanes) {
+    if constexpr (R == 2) output_tile_avx2(m, y, bias, c); else output_tile4_avx2(m, y, bias, c);
+  }
+  for (; c < K; ++c) output_tile_r<R, 1, T>(m, y, bias, c);
 }
 #undef DC_AVX2_FN
 #endif
@@ -281,15 +281,6 @@ DC_INLINE void tile_outputs(const Geometry& g, T* y, T* sink, int64_t t, T** q) 
     }
 }
 
-// one tile's channels [c, c + L) through B^T d B (into V) and A^T m A + bias (into y)
-template <int R, int L, typename T> DC_INLINE void input_tile_r(const T* const* p, float* const* v, int64_t c) {
-  if constexpr (R == 2) input_tile<L, T>(p, v, c); else input_tile4<L, T>(p, v, c);
-}
-template <int R, int L, typename T>
-DC_INLINE void output_tile_r(const float* const* m, T* const* y, const float* bias, int64_t c) {
-  if constexpr (R == 2) output_tile<L, T>(m, y, bias, c); else output_tile4<L, T>(m, y, bias, c);
-}
-
 // Tiles [t0, t1) into V (rows of n tiles per element: V[k][t - t0][c]).
 template <int R, typename T>
 void input_pass(const Geometry& g, const T* x, const T* zeros, float* V, int64_t n, int64_t t0, int64_t t1,
@@ -301,7 +292,7 @@ void input_pass(const Geometry& g, const T* x, const T* zeros, float* V, int64_t
     for (int k = 0; k < kN<R>; ++k) v[k] = V + (k * n + (t - t0)) * g.C;
 #ifdef DIFFCORE_HAVE_AVX2
     if (avx2) {
-      if constexpr (R == 2) input_rows_avx2(p, v, g.C); else input_rows4_avx2(p, v, g.C);
+      input_rows_avx2<R>(p, v, g.C);
       continue;
     }
 #endif
@@ -321,7 +312,7 @@ void output_pass(const Geometry& g, const float* M, int64_t n, int64_t ldm, cons
     for (int k = 0; k < kN<R>; ++k) m[k] = M + (k * n + (t - t0)) * ldm;
 #ifdef DIFFCORE_HAVE_AVX2
     if (avx2) {
-      if constexpr (R == 2) output_rows_avx2(m, q, bias, g.K); else output_rows4_avx2(m, q, bias, g.K);
+      output_rows_avx2<R>(m, q, bias, g.K);
       continue;
     }
 #endif
