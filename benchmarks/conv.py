@@ -1,14 +1,16 @@
 """3x3 convolutions of diffusers' CIFAR-10 UNet2DModel (the google/ddpm-cifar10-32 configuration),
-layer by layer: diffcore's Winograd F(2x2, 3x3) (diffcore.winograd.WinogradConv2d, what accelerate
-swaps in, weight checks included; layers under MIN_TILES output tiles run the direct convolution)
-against PyTorch's convolution (oneDNN's direct kernels) on the same channels_last float32
-input, and against PyTorch on NCHW input (the model's default layout). Every distinct shape
+layer by layer: diffcore's Winograd convolution (diffcore.winograd.WinogradConv2d, what accelerate
+swaps in, weight checks included: F(4x4, 3x3) where a call has MIN_TILES_F4 4x4 tiles, else
+F(2x2, 3x3); the direct convolution under MIN_TILES 2x2 tiles), the same module held to F(2x2)
+(winograd.FP32_F4 = False), PyTorch's convolution (oneDNN's direct kernels) on the same
+channels_last float32 input, and PyTorch on NCHW input (the model's default layout). Every distinct shape
 of the layers accelerate swaps (recorded from one forward at the batch given) is timed
 side by side, interleaved; the per-forward total weights each shape by its number of layers.
-Each shape's max |error| against the float64 convolution is reported for both.
+Each shape's max |error| against the float64 convolution is reported for each layout and F,
+and diffcore's worst in units of eps32 times each output's scale (|x| conv |w| + |b|).
 
 --bf16: diffcore's bf16 path (winograd.conv3x3 on bf16 input: F(4x4, 3x3), the weight rounded
-to bf16, float32 arithmetic, a bf16 output) beside its float32 F(2x2, 3x3) and PyTorch's
+to bf16, float32 arithmetic, a bf16 output) beside its float32 path and PyTorch's
 float32 channels_last convolution; the bf16 error is against the float64 convolution of the
 bf16-rounded operands, in units of half a bf16 ulp of each output plus eps32 times its scale
 (|x| conv |w| + |b|): a bf16 convolution's rounding with float32 accumulation.
@@ -68,6 +70,15 @@ def bf16_row(C, K, H, W, count, x_cl, w, b, ours, conv_cl, repeats, totals) -> d
             "bf16 err / bound": round(err.max().item(), 3)}
 
 
+def f2x2(module, x):
+    """module(x) with float32 calls held to F(2x2, 3x3), as winograd.FP32_F4 = False holds them."""
+    winograd.FP32_F4 = False
+    try:
+        return module(x)
+    finally:
+        winograd.FP32_F4 = True
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=None)
@@ -97,19 +108,28 @@ def main():
         with torch.no_grad():
             med = {k: v["median_s"] for k, v in interleaved({
                 "diffcore": lambda: ours(x_cl),
+                "diffcore F(2x2)": lambda: f2x2(ours, x_cl),
                 "torch channels_last": lambda: conv_cl(x_cl),
                 "torch NCHW": lambda: conv(x),
             }, repeats).items()}
             ref = F.conv2d(x.double(), w.double(), b.double(), padding=1)
-            err_w = (ours(x_cl).double() - ref).abs().max().item()
+            scale = F.conv2d(x.double().abs(), w.double().abs(), b.double().abs(), padding=1)
+            y = ours(x_cl).double()
+            err_w = (y - ref).abs().max().item()
+            err_2 = (f2x2(ours, x_cl).double() - ref).abs().max().item()
             err_t = (conv_cl(x_cl).double() - ref).abs().max().item()
+            ulps = ((y - ref).abs() / (torch.finfo(torch.float32).eps * scale)).max().item()
+            which = f"F({winograd.pick_tile(x_cl)})" if ours._winograd(x_cl) else "direct"
         for k, v in med.items():
             totals[k] += count * v
         rows.append({"shape": f"{C}->{K} {H}x{W}", "layers": count,
                      **{f"{k} ms": round(v * 1e3, 2) for k, v in med.items()},
+                     "F": which,
+                     "vs F(2x2)": round(med["diffcore F(2x2)"] / med["diffcore"], 2),
                      "vs channels_last": round(med["torch channels_last"] / med["diffcore"], 2),
                      "vs NCHW": round(med["torch NCHW"] / med["diffcore"], 2),
-                     "max err diffcore": f"{err_w:.1e}", "max err torch": f"{err_t:.1e}"})
+                     "max err diffcore": f"{err_w:.1e}", "F(2x2)": f"{err_2:.1e}", "torch": f"{err_t:.1e}",
+                     "eps32 x scale": round(ulps, 1)})
         print_table(rows[-1:])
     if a.bf16:
         rows.append({"shape": "per forward (sum over layers)", "layers": sum(r["layers"] for r in rows),
@@ -123,12 +143,15 @@ def main():
         return
     rows.append({"shape": "per forward (sum over layers)", "layers": sum(r["layers"] for r in rows),
                  **{f"{k} ms": round(v * 1e3, 1) for k, v in totals.items()},
+                 "F": "", "vs F(2x2)": round(totals["diffcore F(2x2)"] / totals["diffcore"], 2),
                  "vs channels_last": round(totals["torch channels_last"] / totals["diffcore"], 2),
                  "vs NCHW": round(totals["torch NCHW"] / totals["diffcore"], 2),
-                 "max err diffcore": "", "max err torch": ""})
+                 "max err diffcore": "", "F(2x2)": "", "torch": "",
+                 "eps32 x scale": max(r["eps32 x scale"] for r in rows)})
     print_table(rows)
     print(f"(batch {batch}, {torch.get_num_threads()} threads)")
-    ratios = {"per forward vs channels_last": rows[-1]["vs channels_last"], "per forward vs NCHW": rows[-1]["vs NCHW"]}
+    ratios = {"per forward vs channels_last": rows[-1]["vs channels_last"], "per forward vs NCHW": rows[-1]["vs NCHW"],
+              "per forward vs F(2x2)": rows[-1]["vs F(2x2)"]}
     name = "conv" + ("_quick" if a.quick else (f"_batch{batch}" if batch != 16 else ""))
     print("wrote", write_results(name, rows, ratios))
 

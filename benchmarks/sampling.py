@@ -13,8 +13,8 @@ in each precision: fp32, bf16 (diffusers under torch.autocast(bfloat16); diffcor
 precision="bf16") and on CUDA fp16 (diffusers' unet.half(), diffcore precision="fp16").
 On a CPU where oneDNN has no bf16 (AVX2 only), bf16 adds "diffusers widened bf16": the
 pipeline under diffcore.precision.autocast, whose widened convolutions and matrix products
-any model gets without accelerate. On CPU the bf16 contest also times diffusers in fp32 in
-the same rounds ("bf16 diffcore vs diffusers fp32").
+any model gets without accelerate. On CPU the bf16 contest also times diffusers and diffcore
+in fp32 in the same rounds ("bf16 diffcore vs diffusers fp32", "... vs diffcore fp32").
 Equality: diffcore's fp32 samples against diffusers' own loop fed the same noise (its
 randn_tensor replaced by diffcore's generator for the same step), max |difference| reported.
 
@@ -177,8 +177,10 @@ def main():
             # how much of diffcore's bf16 figure any model gets from the widened ops alone
             fns["diffusers widened bf16"] = diffusers_runner(unet, steps, batch, prec, a.device, widened=True)
         if prec == "bf16" and not cuda:
-            # the CPU bf16 goal's other yardstick, timed in the same rounds
+            # the CPU bf16 goal's other yardstick, and whether bf16 pays over diffcore's own fp32 on
+            # this CPU, timed in the same rounds
             fns["diffusers fp32"] = diffusers_runner(unet, steps, batch, "fp32", a.device)
+            fns["diffcore fp32"] = diffcore_runner(unet, steps, batch, "fp32", a.device)
         contest(prec, {**fns, "diffcore": diffcore_runner(unet, steps, batch, prec, a.device)})
     for prec in ([] if a.no_compile else [p for p in precisions if p != "fp16"]):
         cu = torch.compile(copy.deepcopy(unet), mode="max-autotune" if cuda else None)

@@ -56,8 +56,9 @@ TORCH_LIBRARY(diffcore, m) {
   // 1/std (float32, or float64 for float64 x) for the backward.
   m.def("group_norm_silu(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps, Tensor? emb, "
         "bool silu) -> (Tensor, Tensor, Tensor)");
-  // 3x3 convolution, stride 1, padding 1, by Winograd F(2x2, 3x3): x channels_last float32,
-  // u the packed transformed weight [16, ceil(K / 16), C, 16] (diffcore.winograd.transform_weight),
+  // 3x3 convolution, stride 1, padding 1, by Winograd F(2x2, 3x3) or F(4x4, 3x3): x channels_last
+  // float32 or bfloat16, u the packed transformed weight [16 or 36, ceil(K / 16), C, 16]
+  // (diffcore.winograd.transform_weight with tile 2 or 4),
   // bias [K] or None, K = out_channels.
   m.def("conv3x3_winograd(Tensor x, Tensor u, Tensor? bias, int out_channels) -> Tensor");
   // Whole trajectories of a Gaussian mixture's exact score (see csrc/gmm.h and diffcore.native).

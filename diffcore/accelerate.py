@@ -35,9 +35,9 @@ the fused ops (`isinstance` checks still hold); children are never re-created.
 
 * 3x3 convolutions (plain nn.Conv2d, stride 1, padding 1, one group, at least 16 channels in
   and out) become diffcore.winograd.WinogradConv2d (a class swap): in float32 CPU inference on
-  channels_last input they run Winograd's F(2x2, 3x3) on the native extension (1.54-1.68x
-  oneDNN's direct convolution over the CIFAR-10 U-Net's layers at batch 16), and F(4x4, 3x3) in
-  bf16 where oneDNN has no bf16 convolutions (see diffcore.precision); every other call is
+  channels_last input they run Winograd's F(4x4, 3x3) or, with few tiles, F(2x2, 3x3) on the
+  native extension (see diffcore.winograd for the choice, the speed and the rounding), in bf16
+  too where oneDNN has no bf16 convolutions (see diffcore.precision); every other call is
   nn.Conv2d's own forward. Not with backend="torch" or "triton" (the op is native only).
   Weight changes are followed (see diffcore.winograd._transformed); after a partial write
   through `.data` outside diffcore.sample, call diffcore.winograd.revalidate().
@@ -429,8 +429,8 @@ class _Walker:
                 if why is not None:
                     self.add(name, m, "left", why)
                     continue
-                self.add(name, m, "swapped", "WinogradConv2d: F(2x2, 3x3) in float32 (F(4x4, 3x3) in bf16 "
-                                             "without oneDNN bf16) CPU inference on channels_last input")
+                self.add(name, m, "swapped", "WinogradConv2d: F(4x4, 3x3) or F(2x2, 3x3) in float32 (and "
+                                             "bf16 without oneDNN bf16) CPU inference on channels_last input")
                 m.__class__ = winograd.WinogradConv2d
 
     # -- GroupNorm -> SiLU pairs

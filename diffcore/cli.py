@@ -39,12 +39,17 @@ def cmd_info(args) -> int:
         if name == "native":  # how the extension was found: prebuilt or compiled on first use, and its flags
             backends[name]["build"] = {"origin": mod.origin(), "info": mod.BUILD_INFO}
     chosen = {op: ops.resolve(op, cpu) for op in sorted(ops.REFERENCE)}
+    from . import winograd
+    conv = (f"Winograd in accelerated models: F(4x4, 3x3) from {winograd.MIN_TILES_F4} 4x4 output tiles, else "
+            f"F(2x2, 3x3); float32 " + ("may take F(4x4)" if winograd.FP32_F4 else
+                                        "held to F(2x2) (DIFFCORE_WINOGRAD_FP32_F4=0)")
+            if winograd._native_loaded() else "oneDNN (the native extension did not load: no Winograd op)")
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else _cpu_name()
     print(json.dumps({"diffcore": diffcore.__version__, "torch": torch.__version__,
                       "cuda": torch.cuda.is_available(), "device": device, "threads": torch.get_num_threads(), "backends": backends, "cpu_backend_per_op": chosen,
                       "cpu_bf16": "oneDNN" if diffcore.precision.cpu_has_bf16() else
                       "widened: bf16 operands, float32 arithmetic (oneDNN has no bf16 kernels here; diffcore.precision)",
-                      "methods": sorted(METHODS)}, indent=2))
+                      "cpu_conv3x3": conv, "methods": sorted(METHODS)}, indent=2))
     return 0
 
 

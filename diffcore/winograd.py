@@ -1,23 +1,31 @@
-"""3x3 convolutions by Winograd's F(2x2, 3x3) (and F(4x4, 3x3) for bf16) on CPU: the native op
+"""3x3 convolutions by Winograd's F(4x4, 3x3) and F(2x2, 3x3) on CPU: the native op
 diffcore::conv3x3_winograd.
 
 A U-Net's 3x3 convolutions are most of its time on CPU, and on CPUs without AVX-512 oneDNN
 (PyTorch's CPU convolution library) has no Winograd kernels: its direct convolution does 9
-multiply-adds per output pixel and input channel, F(2x2, 3x3) 4. The native op (csrc/cpu/
-winograd.cpp) measured 1.54-1.68x oneDNN's direct convolution over the CIFAR-10 U-Net's 47
-such layers (batch 16, 2 threads, AMD EPYC; 1.2-2.0x per layer; benchmarks/RESULTS.md).
+multiply-adds per output pixel and input channel, F(2x2, 3x3) 4 and F(4x4, 3x3) 2.25. Over the
+CIFAR-10 U-Net's 47 such layers (batch 16, 2 threads, AMD EPYC; benchmarks/RESULTS.md) the
+native op (csrc/cpu/winograd.cpp) measured 2.35x oneDNN's direct convolution with F(4x4), 1.38x
+F(2x2).
 
     y = conv3x3(x, weight, bias)   # F.conv2d(x, weight, bias, padding=1), float32 rounding apart
 
 x: float32 or bfloat16 CPU [B, C, H, W] in channels_last; the output is channels_last too, in x's
 dtype (bf16: the weight and bias rounded to bf16, float32 arithmetic, the output rounded once,
-as a bf16 convolution with float32 accumulation; for CPUs whose oneDNN has no bf16). bf16 runs
-F(4x4, 3x3): 2.25 multiply-adds per output pixel and input channel instead of 4 (1.2-1.6x
-faster on the CIFAR U-Net's layers), whose float32 rounding (at most 36 eps32 times the output's
-scale |x| conv |w| + |b| measured, against F(2x2)'s 2.4) is far below what rounding the inputs
-to bf16 costs (up to 2^-8 of that scale); float32 keeps F(2x2). The transformed weight (G g G^T, computed in float64) is made
-once per weight and kept while the weight is unchanged (see _transformed), in a registry
-dropped with the weight.
+as a bf16 convolution with float32 accumulation; for CPUs whose oneDNN has no bf16).
+
+Which F: F(4x4, 3x3) when the call has at least MIN_TILES_F4 of its 4x4 output tiles, else
+F(2x2, 3x3), whose transformed weight is 2.25x smaller to read (see pick_tile). Rounding, in
+eps32 times each output's scale |x| conv |w| + |b| (measured over 540 random layers): F(2x2) at
+most 2.4, F(4x4) at most 36, i.e. within 4.3e-6 of that scale: several times oneDNN's direct
+convolution's error (F(2x2) is below it), the F(4x4, 3x3) that cuDNN and oneDNN also offer in
+float32, and far below TF32 (2^-11) or what rounding bf16 inputs costs (2^-8). `FP32_F4 = False` (or DIFFCORE_WINOGRAD_FP32_F4=0 in the environment) keeps float32
+calls on F(2x2); bf16 calls use F(4x4) whenever they have the tiles.
+
+Memory: the transformed weight (G g G^T, computed in float64, kept in float32) is 16/9 of the
+weight's float32 size for F(2x2) and 4x for F(4x4) (the CIFAR-10 U-Net's 109 MB of swapped 3x3
+weights: 437 MB); it is made once per weight and kept while the weight is unchanged (see
+_transformed), in a registry dropped with the weight; clear_cache() frees them.
 
 `WinogradConv2d` is the nn.Conv2d subclass diffcore.accelerate swaps in (class swap: same
 parameters and state_dict keys) for plain nn.Conv2d(kernel 3, stride 1, padding 1, groups 1) layers with
@@ -28,6 +36,7 @@ tracing, no extension).
 """
 from __future__ import annotations
 
+import os
 import weakref
 import zlib
 
@@ -36,8 +45,8 @@ from torch import nn
 
 from . import ops, precision
 
-__all__ = ["conv3x3", "transform_weight", "revalidate", "clear_cache", "WinogradConv2d", "why_not", "MIN_CHANNELS",
-           "MIN_TILES"]
+__all__ = ["conv3x3", "transform_weight", "pick_tile", "revalidate", "clear_cache", "WinogradConv2d", "why_not",
+           "MIN_CHANNELS", "MIN_TILES", "MIN_TILES_F4", "FP32_F4"]
 
 # below this, the 16-column GEMM panels are mostly padding or the GEMMs too short: 3 -> 128 and
 # 128 -> 3 measured 0.8x and 1.0x the direct convolution, 16 -> 16 1.4x, 64 -> 64 1.9x
@@ -47,6 +56,13 @@ MIN_CHANNELS = 16
 # (4 tiles) measured 1.03x the direct convolution for 256 -> 256 channels and 0.74x for 512 -> 256,
 # 8x8 images (16 tiles) 1.42x and 2.1x
 MIN_TILES = 16
+# F(4x4, 3x3) reads a transformed weight 2.25x F(2x2)'s: with few tiles that read costs more than its
+# fewer multiply-adds save. Below this many 4x4 output tiles (batch x ceil(H/4) x ceil(W/4)) calls
+# take F(2x2): 256 -> 256 channels (2 threads) measured F(4x4) 0.5x F(2x2) at 1-4 tiles, 0.9x at 8,
+# 1.4-1.5x at 16 (batch 1 at 16x16, batch 4 at 8x8) and 1.3-1.7x from there on
+MIN_TILES_F4 = 16
+# whether float32 calls may take F(4x4, 3x3) (module docstring: its rounding)
+FP32_F4 = os.environ.get("DIFFCORE_WINOGRAD_FP32_F4", "1").strip() not in ("0", "false", "False", "no")
 
 # G of F(2x2, 3x3) and of F(4x4, 3x3) (Lavin & Gray; csrc/cpu/winograd.cpp has B and A)
 _GS = {
@@ -58,8 +74,9 @@ _PROBES = 256   # weight values compared on every call (see _transformed)
 
 
 class _Entry:
-    """A weight's cached transforms (u[False]: of its values, u[True]: of its values rounded to
-    bfloat16, made on first use) and what tells whether the weight still has those values."""
+    """A weight's cached transforms (u[bf16, tile]: of its values, or of them rounded to bfloat16,
+    for F(tile x tile, 3x3); each made on first use) and what tells whether the weight still has
+    those values."""
     __slots__ = ("key", "probe", "digest", "epoch", "u")
 
     def __init__(self, weight: torch.Tensor):
@@ -68,7 +85,7 @@ class _Entry:
         self.probe = _probe(w)
         self.digest = _digest(w)   # for the full check once per epoch (a copy would double the weights' memory)
         self.epoch = _EPOCH
-        self.u: dict[bool, torch.Tensor] = {}
+        self.u: dict[tuple[bool, int], torch.Tensor] = {}
 
 
 _U: dict[int, _Entry] = {}   # id(weight) -> its entry, dropped with the weight
@@ -126,14 +143,21 @@ def _probe(w: torch.Tensor) -> torch.Tensor:
     return flat[::step].clone()
 
 
-def _transform(weight: torch.Tensor, bf16: bool) -> torch.Tensor:
-    # bf16: F(4x4, 3x3), whose float32 rounding is far below the bf16 inputs' (module docstring)
-    return transform_weight(weight.to(torch.bfloat16), tile=4) if bf16 else transform_weight(weight)
+def pick_tile(x: torch.Tensor) -> int:
+    """The F(tile x tile, 3x3) a call on x runs: 4 when x has at least MIN_TILES_F4 4x4 output tiles
+    (and is bfloat16, or FP32_F4 is on), else 2."""
+    B, _, H, W = x.shape
+    f4 = x.dtype == torch.bfloat16 or FP32_F4
+    return 4 if f4 and B * (-(-H // 4)) * (-(-W // 4)) >= MIN_TILES_F4 else 2
 
 
-def _transformed(weight: torch.Tensor, bf16: bool = False) -> torch.Tensor:
-    """The packed transform of weight (F(4x4)'s of weight rounded to bfloat16 if bf16), remade when the
-    weight changes. Every call checks the weight's version counter, its address and 256 of its
+def _transform(weight: torch.Tensor, bf16: bool, tile: int) -> torch.Tensor:
+    return transform_weight(weight.to(torch.bfloat16) if bf16 else weight, tile=tile)
+
+
+def _transformed(weight: torch.Tensor, bf16: bool = False, tile: int = 2) -> torch.Tensor:
+    """The packed F(tile x tile, 3x3) transform of weight (of weight rounded to bfloat16 if bf16),
+    remade when the weight changes. Every call checks the weight's version counter, its address and 256 of its
     values spread over the tensor: writes
     through `weight.data` (EMA swaps, merged adapters) move no version counter, but a write
     that replaces the weight changes those values. Once per epoch (diffcore.sample starts one,
@@ -142,7 +166,7 @@ def _transformed(weight: torch.Tensor, bf16: bool = False) -> torch.Tensor:
     weight per forward (a fifth of a batch-1 forward of the CIFAR U-Net on CPU). A weight made
     under inference mode has no version counter: it is transformed on every call."""
     if weight.is_inference():
-        return _transform(weight, bf16)
+        return _transform(weight, bf16, tile)
     w = weight.detach()
     e = _U.get(id(weight))
     stale = (e is None or e.key != (weight._version, w.data_ptr())
@@ -154,10 +178,10 @@ def _transformed(weight: torch.Tensor, bf16: bool = False) -> torch.Tensor:
         with torch.inference_mode(False), torch.no_grad():
             e = _U[id(weight)] = _Entry(weight)
     e.epoch = _EPOCH
-    if bf16 not in e.u:
+    if (bf16, tile) not in e.u:
         with torch.inference_mode(False), torch.no_grad():
-            e.u[bf16] = _transform(w, bf16)
-    return e.u[bf16]
+            e.u[bf16, tile] = _transform(w, bf16, tile)
+    return e.u[bf16, tile]
 
 
 def revalidate() -> None:
@@ -179,19 +203,21 @@ def _native_loaded() -> bool:
     return ops._backend_module("native") is not None and hasattr(torch.ops.diffcore, "conv3x3_winograd")
 
 
-def _run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tile: int | None = None) -> torch.Tensor:
     """float32 x: float32 weight and bias. bfloat16 x: weight and bias rounded to bfloat16 (as
     autocast casts a convolution's operands), float32 arithmetic, the output rounded once."""
     bf16 = x.dtype == torch.bfloat16
     if bf16 and bias is not None:
         bias = bias.to(torch.bfloat16)
-    return torch.ops.diffcore.conv3x3_winograd(x, _transformed(weight, bf16), bias, weight.shape[0])
+    u = _transformed(weight, bf16, pick_tile(x) if tile is None else tile)
+    return torch.ops.diffcore.conv3x3_winograd(x, u, bias, weight.shape[0])
 
 
-def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.conv2d(x, weight, bias, padding=1) by Winograd F(2x2, 3x3) (see the module docstring).
-    bfloat16 x: a bf16 convolution (weight and bias rounded to bf16, float32 accumulation, a
-    bf16 output), as under CPU autocast, by F(4x4, 3x3)."""
+def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+            tile: int | None = None) -> torch.Tensor:
+    """F.conv2d(x, weight, bias, padding=1) by Winograd's F(tile x tile, 3x3): tile 2 or 4, None
+    for pick_tile's choice (see the module docstring). bfloat16 x: a bf16 convolution (weight
+    and bias rounded to bf16, float32 accumulation, a bf16 output), as under CPU autocast."""
     if not _native_loaded():
         raise RuntimeError("diffcore.winograd.conv3x3 needs the native extension (diffcore.native), which did "
                            "not load here")
@@ -205,16 +231,18 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     if bias is not None and (bias.dtype not in accepted or bias.device.type != "cpu"):
         raise ValueError(f"bias must be None or a CPU tensor of dtype {' or '.join(map(str, accepted))} for x of "
                          f"dtype {x.dtype}; got {bias.dtype} on {bias.device}")
-    return _run(x, weight, bias)
+    if tile is not None and tile not in _GS:
+        raise ValueError(f"tile must be None (pick_tile's choice), 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3)); got {tile!r}")
+    return _run(x, weight, bias, tile)
 
 
 def _geometry(conv: nn.Conv2d) -> str | None:
-    """Why conv's geometry is not F(2x2, 3x3)'s (None if it is)."""
+    """Why conv's geometry is not the Winograd op's (None if it is)."""
     if tuple(conv.kernel_size) != (3, 3):
         return f"kernel {tuple(conv.kernel_size)}, not 3x3"
     if tuple(conv.stride) != (1, 1) or tuple(conv.dilation) != (1, 1) or conv.groups != 1:
         return f"stride {tuple(conv.stride)}, dilation {tuple(conv.dilation)}, groups {conv.groups}: " \
-               "F(2x2, 3x3) is for stride 1, dilation 1, one group"
+               "the Winograd op is for stride 1, dilation 1, one group"
     if conv.padding not in ((1, 1), "same") or conv.padding_mode != "zeros":
         return f"padding {conv.padding} ({conv.padding_mode}), not 1 with zeros"
     return None

@@ -151,7 +151,7 @@ def swapped(conv):
 def count_calls(monkeypatch):
     calls = []
     real = winograd._transformed
-    monkeypatch.setattr(winograd, "_transformed", lambda w, bf16=False: calls.append(bf16) or real(w, bf16))
+    monkeypatch.setattr(winograd, "_transformed", lambda w, bf16=False, tile=2: calls.append(bf16) or real(w, bf16, tile))
     return calls
 
 
@@ -164,7 +164,8 @@ def layer(monkeypatch, onednn_bf16, c_in, c_out, h, w):
 
 
 def test_module_under_bf16_autocast_is_a_bf16_convolution(monkeypatch):
-    conv, m, x, calls = layer(monkeypatch, False, 24, 40, 9, 8)
+    conv, m, x, calls = layer(monkeypatch, False, 24, 40, 13, 9)     # 2 x 4 x 3 = 24 4x4 tiles: F(4x4)
+    assert winograd.pick_tile(x) == 4
     with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
         y, torch_y = m(x), conv(x)   # torch's bf16 convolution (the slow path here)
     assert calls == [True] and torch_y.dtype == BF16
@@ -175,8 +176,8 @@ def test_module_under_bf16_autocast_is_a_bf16_convolution(monkeypatch):
     with torch.no_grad():
         m(x)
     e = winograd._U[id(m.weight)]
-    assert set(e.u) == {True, False}
-    assert torch.equal(e.u[True], winograd.transform_weight(m.weight.detach().to(BF16), tile=4))
+    assert set(e.u) == {(True, 4), (False, 4)}
+    assert torch.equal(e.u[True, 4], winograd.transform_weight(m.weight.detach().to(BF16), tile=4))
 
 
 def test_module_with_bf16_weights_and_input_runs_the_op(monkeypatch):

@@ -92,6 +92,10 @@ def test_info():
     assert set(info["cpu_backend_per_op"].values()) <= {"torch", "native"}
     native_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     assert (info["cpu_bf16"] == "oneDNN") == native_bf16 and info["cpu_bf16"].startswith("widened") != native_bf16
+    from diffcore import winograd
+    native = info["backends"]["native"]["available"]
+    assert info["cpu_conv3x3"].startswith("Winograd" if native else "oneDNN")
+    assert ("held to F(2x2)" in info["cpu_conv3x3"]) == (native and not winograd.FP32_F4)
 
 
 def test_likelihood_reports_ode_nll_beside_exact():

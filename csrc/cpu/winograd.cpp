@@ -5,7 +5,7 @@
 //
 //   y = A^T [ (G g G^T) . (B^T d B) ] A  per 4x4 input tile d and 2x2 output tile,
 //
-// per block of up to 24 tiles, on one thread (blocks in parallel; smaller blocks when there are
+// per block of up to 24 tiles (F(4x4): 12, or 72 for large weights), on one thread (blocks in parallel; smaller blocks when there are
 // fewer than 24 tiles per thread): the input tiles -> V[16][tiles][C]
 // (B^T d B, channel innermost, so each of a tile's 16 elements is a contiguous row of C), 16
 // GEMMs M[k] = V[k] U[k] on a 6 x 16 AVX2 register tile (U = G g G^T made once per weight by
@@ -15,7 +15,8 @@
 //
 // F(4x4, 3x3) too (36-element transforms, 6x6 input and 4x4 output tiles: 2.25 multiply-adds
 // per output pixel and input channel), chosen by the packed weight's first dimension (16 or 36).
-// Its float32 rounding is several times F(2x2)'s; diffcore.winograd runs it for bf16 input.
+// Its float32 rounding is about ten times F(2x2)'s; diffcore.winograd picks it for calls with
+// enough tiles (winograd.pick_tile).
 //
 // bfloat16 input (CPUs whose oneDNN has no bf16 convolutions, where autocast would take
 // PyTorch's slow reference path): the same arithmetic on the bf16 values widened to float32,
@@ -87,9 +88,8 @@ DC_INLINE void output_tile(const float* const* m, T* const* y, const float* bias
 //          (d4 - d2) + 2(d3 - d1), (d4 - d2) - 2(d3 - d1), 4d1 - 5d3 + d5
 //   A^T m: m0 + m1 + m2 + m3 + m4, (m1 - m2) + 2(m3 - m4), (m1 + m2) + 4(m3 + m4),
 //          (m1 - m2) + 8(m3 - m4) + m5
-// Its float32 rounding is several times F(2x2)'s (larger coefficients, longer sums), far below
-// what rounding the inputs to bf16 costs (2^-8 of an output's scale): diffcore.winograd runs it
-// for bf16 input.
+// Its float32 rounding is about ten times F(2x2)'s (larger coefficients, longer sums): at most
+// 36 eps32 of an output's scale measured, far below what rounding inputs to bf16 costs (2^-8).
 template <typename V> DC_INLINE void bt6(const V* d, V* t) {   // V: float or __m256 (GCC vector)
   const V a = d[4] - d[2], b = d[3] - d[1];
   t[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
@@ -333,6 +333,11 @@ constexpr int64_t kBlockTiles = 24;
 // F(4x4): 36 rows of V and M per tile against 16; 12 tiles measured best over the CIFAR U-Net's
 // layers at batch 16 (24: up to 35% slower, 256 channels at 8x8; 6: up to 32% slower, 512 -> 256)
 constexpr int64_t kBlockTiles4 = 12;
+// ... until one product's packed weight U[k] (C x Kp floats) passes 384 KB, most of a 512 KB L2:
+// then it no longer stays cached from one block to the next, every block streams all 36 from
+// L3, and blocks of 72 tiles read them 6x less often (384 -> 256 and 512 -> 256 channels at 8x8
+// and 16x16 measured 1.2-1.35x faster than 12-tile blocks; smaller weights 1.05-1.3x slower)
+constexpr int64_t kBlockTiles4Big = 72, kBigPanelBytes = 384 * 1024;
 
 #ifdef DIFFCORE_HAVE_AVX2
 __attribute__((target("avx2,fma"))) void tile_6x16_avx2(const float* a, int64_t lda, const float* b, int64_t C,
@@ -429,14 +434,17 @@ void check_winograd(const at::Tensor& x, const at::Tensor& u, const c10::optiona
   }
 }
 
-inline constexpr int64_t block_tiles(int R) { return R == 2 ? kBlockTiles : kBlockTiles4; }
+inline int64_t block_tiles(int R, int64_t C, int64_t Kp) {
+  if (R == 2) return kBlockTiles;
+  return C * Kp * int64_t(sizeof(float)) >= kBigPanelBytes ? kBlockTiles4Big : kBlockTiles4;
+}
 
 template <int R, typename T>
 void winograd_run(const Geometry& g, const T* xp, const float* up, int64_t Kp, const float* bp, T* yp) {
   const int64_t T_ = g.B * g.th * g.tw;
   // fewer tiles than a block per thread (small images, batch 1): smaller blocks, so every thread has one
   const int64_t per_thread = (T_ + at::get_num_threads() - 1) / at::get_num_threads();
-  const int64_t Tb = std::min(block_tiles(R), (per_thread + kMR - 1) / kMR * kMR);
+  const int64_t Tb = std::min(block_tiles(R, g.C, Kp), (per_thread + kMR - 1) / kMR * kMR);
   const int64_t blocks = (T_ + Tb - 1) / Tb;
   const std::vector<T> zeros(g.C, T(0.0f));
   const bool avx2 = avx2_winograd();
