@@ -9,8 +9,9 @@ side by side, interleaved; the per-forward total weights each shape by its numbe
 Each shape's max |error| against the float64 convolution is reported for each layout and F,
 and diffcore's worst in units of eps32 times each output's scale (|x| conv |w| + |b|).
 
---bf16: diffcore's bf16 path (winograd.conv3x3 on bf16 input: F(4x4, 3x3), the weight rounded
-to bf16, float32 arithmetic, a bf16 output) beside its float32 path and PyTorch's
+--bf16: diffcore's bf16 path (winograd.conv3x3 on bf16 input: F(4x4, 3x3) or F(2x2) as
+pick_tile chooses, F(4x4) for every layer at batch 16; the weight rounded to bf16, float32
+arithmetic, a bf16 output) beside its float32 path (the same choice) and PyTorch's
 float32 channels_last convolution; the bf16 error is against the float64 convolution of the
 bf16-rounded operands, in units of half a bf16 ulp of each output plus eps32 times its scale
 (|x| conv |w| + |b|): a bf16 convolution's rounding with float32 accumulation.
@@ -72,11 +73,11 @@ def bf16_row(C, K, H, W, count, x_cl, w, b, ours, conv_cl, repeats, totals) -> d
 
 def f2x2(module, x):
     """module(x) with float32 calls held to F(2x2, 3x3), as winograd.FP32_F4 = False holds them."""
-    winograd.FP32_F4 = False
+    before, winograd.FP32_F4 = winograd.FP32_F4, False
     try:
         return module(x)
     finally:
-        winograd.FP32_F4 = True
+        winograd.FP32_F4 = before
 
 
 def main():
@@ -85,7 +86,7 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--quick", action="store_true", help="batch 2, 2 repeats")
-    ap.add_argument("--bf16", action="store_true", help="diffcore bf16 (F(4x4)) vs its float32 and torch float32")
+    ap.add_argument("--bf16", action="store_true", help="diffcore bf16 vs its float32 and torch float32")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -119,7 +120,8 @@ def main():
             err_2 = (f2x2(ours, x_cl).double() - ref).abs().max().item()
             err_t = (conv_cl(x_cl).double() - ref).abs().max().item()
             ulps = ((y - ref).abs() / (torch.finfo(torch.float32).eps * scale)).max().item()
-            which = f"F({winograd.pick_tile(x_cl)})" if ours._winograd(x_cl) else "direct"
+            t = winograd.pick_tile(x_cl)
+            which = f"F({t}x{t})" if ours._winograd(x_cl) else "direct"
         for k, v in med.items():
             totals[k] += count * v
         rows.append({"shape": f"{C}->{K} {H}x{W}", "layers": count,
@@ -128,7 +130,8 @@ def main():
                      "vs F(2x2)": round(med["diffcore F(2x2)"] / med["diffcore"], 2),
                      "vs channels_last": round(med["torch channels_last"] / med["diffcore"], 2),
                      "vs NCHW": round(med["torch NCHW"] / med["diffcore"], 2),
-                     "max err diffcore": f"{err_w:.1e}", "F(2x2)": f"{err_2:.1e}", "torch": f"{err_t:.1e}",
+                     "max err diffcore": f"{err_w:.1e}", "max err F(2x2)": f"{err_2:.1e}",
+                     "max err torch": f"{err_t:.1e}",
                      "eps32 x scale": round(ulps, 1)})
         print_table(rows[-1:])
     if a.bf16:
@@ -146,7 +149,7 @@ def main():
                  "F": "", "vs F(2x2)": round(totals["diffcore F(2x2)"] / totals["diffcore"], 2),
                  "vs channels_last": round(totals["torch channels_last"] / totals["diffcore"], 2),
                  "vs NCHW": round(totals["torch NCHW"] / totals["diffcore"], 2),
-                 "max err diffcore": "", "F(2x2)": "", "torch": "",
+                 "max err diffcore": "", "max err F(2x2)": "", "max err torch": "",
                  "eps32 x scale": max(r["eps32 x scale"] for r in rows)})
     print_table(rows)
     print(f"(batch {batch}, {torch.get_num_threads()} threads)")

@@ -5,8 +5,8 @@ A U-Net's 3x3 convolutions are most of its time on CPU, and on CPUs without AVX-
 (PyTorch's CPU convolution library) has no Winograd kernels: its direct convolution does 9
 multiply-adds per output pixel and input channel, F(2x2, 3x3) 4 and F(4x4, 3x3) 2.25. Over the
 CIFAR-10 U-Net's 47 such layers (batch 16, 2 threads, AMD EPYC; benchmarks/RESULTS.md) the
-native op (csrc/cpu/winograd.cpp) measured 2.35x oneDNN's direct convolution with F(4x4), 1.38x
-F(2x2).
+native op (csrc/cpu/winograd.cpp) measured 2.47x oneDNN's direct convolution with F(4x4), and
+1.74x with F(2x2).
 
     y = conv3x3(x, weight, bias)   # F.conv2d(x, weight, bias, padding=1), float32 rounding apart
 
@@ -24,7 +24,8 @@ calls on F(2x2); bf16 calls use F(4x4) whenever they have the tiles.
 
 Memory: the transformed weight (G g G^T, computed in float64, kept in float32) is 16/9 of the
 weight's float32 size for F(2x2) and 4x for F(4x4) (the CIFAR-10 U-Net's 109 MB of swapped 3x3
-weights: 437 MB); it is made once per weight and kept while the weight is unchanged (see
+weights: 437 MB); a layer called both with and without MIN_TILES_F4 tiles (a small last chunk,
+say) keeps both, 5.8x. Each is made once per weight and kept while the weight is unchanged (see
 _transformed), in a registry dropped with the weight; clear_cache() frees them.
 
 `WinogradConv2d` is the nn.Conv2d subclass diffcore.accelerate swaps in (class swap: same
@@ -59,10 +60,11 @@ MIN_TILES = 16
 # F(4x4, 3x3) reads a transformed weight 2.25x F(2x2)'s: with few tiles that read costs more than its
 # fewer multiply-adds save. Below this many 4x4 output tiles (batch x ceil(H/4) x ceil(W/4)) calls
 # take F(2x2): 256 -> 256 channels (2 threads) measured F(4x4) 0.5x F(2x2) at 1-4 tiles, 0.9x at 8,
-# 1.4-1.5x at 16 (batch 1 at 16x16, batch 4 at 8x8) and 1.3-1.7x from there on
+# 1.4-1.5x at 16 (batch 1 at 16x16, batch 4 at 8x8) and 1.3-1.7x from there on (ad hoc runs; with
+# more threads each has fewer tiles, and the crossover may lie higher)
 MIN_TILES_F4 = 16
 # whether float32 calls may take F(4x4, 3x3) (module docstring: its rounding)
-FP32_F4 = os.environ.get("DIFFCORE_WINOGRAD_FP32_F4", "1").strip() not in ("0", "false", "False", "no")
+FP32_F4 = os.environ.get("DIFFCORE_WINOGRAD_FP32_F4", "1").strip().lower() not in ("0", "false", "no", "off")
 
 # G of F(2x2, 3x3) and of F(4x4, 3x3) (Lavin & Gray; csrc/cpu/winograd.cpp has B and A)
 _GS = {
@@ -105,7 +107,7 @@ def transform_weight(weight: torch.Tensor, tile: int = 2) -> torch.Tensor:
     in float64 and rounded once."""
     if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
         raise ValueError(f"weight must be [out_channels, in_channels, 3, 3]; got shape {tuple(weight.shape)}")
-    if tile not in _GS:
+    if type(tile) is not int or tile not in _GS:
         raise ValueError(f"tile must be 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3)); got {tile!r}")
     G = _GS[tile]
     a, (K, C) = tile + 2, weight.shape[:2]
@@ -144,8 +146,10 @@ def _probe(w: torch.Tensor) -> torch.Tensor:
 
 
 def pick_tile(x: torch.Tensor) -> int:
-    """The F(tile x tile, 3x3) a call on x runs: 4 when x has at least MIN_TILES_F4 4x4 output tiles
-    (and is bfloat16, or FP32_F4 is on), else 2."""
+    """The F(tile x tile, 3x3) a call on x ([B, C, H, W]) runs: 4 when x has at least MIN_TILES_F4
+    4x4 output tiles (and is bfloat16, or FP32_F4 is on), else 2."""
+    if x.dim() != 4:
+        raise ValueError(f"x must be a 4-D tensor [B, C, H, W]; got shape {tuple(x.shape)}")
     B, _, H, W = x.shape
     f4 = x.dtype == torch.bfloat16 or FP32_F4
     return 4 if f4 and B * (-(-H // 4)) * (-(-W // 4)) >= MIN_TILES_F4 else 2
@@ -221,6 +225,9 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     if not _native_loaded():
         raise RuntimeError("diffcore.winograd.conv3x3 needs the native extension (diffcore.native), which did "
                            "not load here")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"x must be a 4-D channels_last tensor [B, C, H, W]; got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
     if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3) or weight.shape[1] != x.shape[1]:
         raise ValueError(f"weight must be [out_channels, {x.shape[1]}, 3, 3] for x of shape {tuple(x.shape)}; "
                          f"got {tuple(weight.shape)}")
@@ -231,7 +238,7 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     if bias is not None and (bias.dtype not in accepted or bias.device.type != "cpu"):
         raise ValueError(f"bias must be None or a CPU tensor of dtype {' or '.join(map(str, accepted))} for x of "
                          f"dtype {x.dtype}; got {bias.dtype} on {bias.device}")
-    if tile is not None and tile not in _GS:
+    if tile is not None and (type(tile) is not int or tile not in _GS):
         raise ValueError(f"tile must be None (pick_tile's choice), 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3)); got {tile!r}")
     return _run(x, weight, bias, tile)
 
@@ -268,7 +275,7 @@ class WinogradConv2d(nn.Conv2d):
     PyTorch's bf16 convolution is its slow reference path. Every other call is nn.Conv2d's
     forward: another geometry (checked on each call, so a changed stride or padding is
     honoured), training (any of x, weight, bias needing grad), autocast to another dtype, other
-    devices or dtypes, NCHW input, fewer than MIN_TILES output tiles, torch.compile, jit or FX
+    devices or dtypes, NCHW input, fewer than MIN_TILES 2x2 output tiles, torch.compile, jit or FX
     tracing, no extension."""
 
     def _winograd(self, x: torch.Tensor) -> torch.dtype | None:

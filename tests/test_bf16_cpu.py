@@ -20,7 +20,8 @@ if not hasattr(torch.ops.diffcore, "conv3x3_winograd"):
 
 BF16, EPS32 = torch.bfloat16, torch.finfo(torch.float32).eps
 HALF_ULP = 2.0**-8   # bf16 keeps 8 significant bits: rounding moves a value by at most 2^-8 of it
-WINOGRAD4 = 128      # F(4x4, 3x3)'s float32 rounding bound in eps32 * scale (tests/test_winograd.py)
+WINOGRAD = {2: 16, 4: 128}   # F(2x2) and F(4x4)'s float32 rounding bounds in eps32 * scale (test_winograd.py)
+WINOGRAD4 = WINOGRAD[4]
 
 
 def cl(t):
@@ -35,15 +36,18 @@ def r16(t):
 def check_bf16(y, ref, scale, what="", acc=32):
     """y (bf16) within half a bf16 ulp of the float64 result on bf16 operands plus a float32
     accumulation bound (acc eps32 * scale, scale = the op on absolute values: 32 is twice a
-    plain sum's; the Winograd op's bf16 path, F(4x4, 3x3), passes WINOGRAD4); most outputs equal
-    the float64 result rounded to bf16."""
+    plain sum's; the Winograd op's bf16 path passes WINOGRAD[tile]); all but 2 % of the outputs
+    equal the float64 result rounded to bf16."""
     assert y.dtype == BF16, f"{what}: dtype {y.dtype}"
     err = (y.double() - ref).abs()
     bound = HALF_ULP * ref.abs() + acc * EPS32 * scale + 1e-30
     worst = (err / bound).max().item()
     assert worst <= 1.0, f"{what}: error {err.max().item():.3g} is {worst:.2f}x the bf16 bound"
-    exact = (y == ref.to(BF16)).double().mean().item()
-    assert exact >= 0.98, f"{what}: only {exact:.3f} of the outputs are the float64 result rounded to bf16"
+    # at most 2 % (and at least one: a 24-output layer measured one off in 0.2-0.7 % of seeds) may
+    # round the other way, where float32 accumulation moves a value across a bf16 tie
+    off = (y != ref.to(BF16)).sum().item()
+    assert off <= max(1, 0.02 * y.numel()), f"{what}: {off} of {y.numel()} outputs are not the float64 result " \
+                                            "rounded to bf16"
 
 
 def conv_ref(x, w, b):
@@ -52,7 +56,9 @@ def conv_ref(x, w, b):
     return ref, scale
 
 
-SHAPES = [(2, 5, 7, 9, 11), (3, 16, 8, 1, 1), (5, 33, 40, 7, 6), (2, 64, 48, 8, 8), (3, 9, 33, 5, 19)]
+# F(4x4) (at least MIN_TILES_F4 4x4 tiles) and F(2x2) shapes, a 1xN image in each
+SHAPES = [(2, 5, 7, 9, 11), (3, 16, 8, 1, 1), (5, 33, 40, 7, 6), (2, 64, 48, 8, 8), (3, 9, 33, 5, 19),
+          (16, 9, 11, 1, 13)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -64,7 +70,7 @@ def test_bf16_op_matches_float64_on_bf16_operands(shape):
     w, b = torch.randn(K, C, 3, 3, generator=g) / 3, torch.randn(K, generator=g)
     y = winograd.conv3x3(x, w, b)
     assert y.shape == (B, K, H, W) and y.is_contiguous(memory_format=torch.channels_last)
-    check_bf16(y, *conv_ref(x, w, b), what=f"shape {shape}, seed {seed}", acc=WINOGRAD4)
+    check_bf16(y, *conv_ref(x, w, b), what=f"shape {shape}, seed {seed}", acc=WINOGRAD[winograd.pick_tile(x)])
 
 
 def test_bf16_output_is_the_float32_result_rounded_to_nearest_even():
@@ -164,6 +170,7 @@ def layer(monkeypatch, onednn_bf16, c_in, c_out, h, w):
 
 
 def test_module_under_bf16_autocast_is_a_bf16_convolution(monkeypatch):
+    monkeypatch.setattr(winograd, "FP32_F4", True)                  # the float32 call below takes F(4x4)
     conv, m, x, calls = layer(monkeypatch, False, 24, 40, 13, 9)     # 2 x 4 x 3 = 24 4x4 tiles: F(4x4)
     assert winograd.pick_tile(x) == 4
     with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
@@ -183,7 +190,8 @@ def test_module_under_bf16_autocast_is_a_bf16_convolution(monkeypatch):
 def test_module_with_bf16_weights_and_input_runs_the_op(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
     m = swapped(nn.Conv2d(16, 16, 3, padding=1)).to(BF16)
-    x = cl(torch.randn(2, 16, 8, 8)).to(BF16)
+    x = cl(torch.randn(2, 16, 16, 16)).to(BF16)                 # 32 4x4 tiles: F(4x4)
+    assert winograd.pick_tile(x) == 4
     calls = count_calls(monkeypatch)
     with torch.no_grad():
         y = m(x)

@@ -1,5 +1,5 @@
-"""Winograd F(2x2, 3x3) convolution (diffcore.winograd, csrc/cpu/winograd.cpp) against the
-float64 convolution, and WinogradConv2d as accelerate swaps it in."""
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) convolutions (diffcore.winograd, csrc/cpu/winograd.cpp)
+against the float64 convolution, and WinogradConv2d as accelerate swaps it in."""
 import copy
 import io
 import os
@@ -44,24 +44,25 @@ def check_close(y, x, w, b, what="", tile=None):
 
 
 # odd sizes: tiles cut by the image edge, channel counts off the 8-lane and 16-column blocks,
-# tile counts across the 24-tile blocks and their 6-row GEMM tiles, 1x1 and 1xN images
+# tile counts across the 24-tile (F(4x4): 12-tile) blocks and their 6-row GEMM tiles, 1x1 and 1xN images
 SHAPES = [(2, 5, 7, 9, 11), (3, 16, 8, 1, 1), (1, 8, 3, 2, 3), (5, 33, 40, 7, 6), (1, 17, 16, 1, 13),
           (2, 64, 48, 8, 8), (3, 9, 33, 5, 19), (1, 128, 20, 4, 4)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_op_matches_float64_convolution(shape, with_bias):
+@pytest.mark.parametrize("tile", [None, 2], ids=["picked", "F2"])
+def test_op_matches_float64_convolution(shape, with_bias, tile):
     seed = random.randrange(2**31)
     g = torch.Generator().manual_seed(seed)
     B, C, K, H, W = shape
     x = cl(torch.randn(B, C, H, W, generator=g))
     w = torch.randn(K, C, 3, 3, generator=g) / 3
     b = torch.randn(K, generator=g) if with_bias else None
-    y = winograd.conv3x3(x, w, b)
+    y = winograd.conv3x3(x, w, b, tile=tile)
     assert y.shape == (B, K, H, W) and y.dtype == torch.float32
     assert y.is_contiguous(memory_format=torch.channels_last)
-    check_close(y, x, w, b, f"shape {shape}, seed {seed}")
+    check_close(y, x, w, b, f"shape {shape}, seed {seed}", tile=tile)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -80,13 +81,18 @@ def test_f4_op_matches_float64_convolution(shape):
 
 
 def test_f4_large_weight_blocks_match_float64_convolution():
-    """A weight whose per-product panel set passes 384 KB (C x Kp = 384 x 272 floats) takes
-    F(4x4)'s 72-tile blocks: 320 tiles make full blocks and a partial one on one or two threads."""
+    """A weight whose per-product panel set reaches 384 KB (C x Kp = 384 x 272 floats) takes
+    F(4x4)'s large blocks (72 tiles at most; 320 tiles on one thread: 5 blocks of up to 66)."""
     seed = random.randrange(2**31)
     g = torch.Generator().manual_seed(seed)
     x = cl(torch.randn(5, 384, 29, 29, generator=g))
     w, b = torch.randn(257, 384, 3, 3, generator=g) / 60, torch.randn(257, generator=g)
-    y = torch.ops.diffcore.conv3x3_winograd(x, winograd.transform_weight(w, tile=4), b, 257)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)        # all 320 tiles on one thread
+    try:
+        y = torch.ops.diffcore.conv3x3_winograd(x, winograd.transform_weight(w, tile=4), b, 257)
+    finally:
+        torch.set_num_threads(threads)
     check_close(y, x, w, b, f"F(4x4) 384 -> 257 channels, seed {seed}", tile=4)
 
 
@@ -108,6 +114,7 @@ def test_rounding_is_comparable_to_torchs_float32_convolution(tile, factor):
 @pytest.mark.parametrize("B, H, W", [(1, 16, 16), (1, 15, 13), (1, 12, 16), (3, 5, 9), (16, 4, 4), (15, 4, 4),
                                      (2, 8, 8), (4, 8, 8), (1, 1, 64)])
 def test_pick_tile_takes_f4_from_min_tiles_f4_tiles(B, H, W, monkeypatch):
+    monkeypatch.setattr(winograd, "FP32_F4", True)
     tiles4 = B * ((H + 3) // 4) * ((W + 3) // 4)
     x = torch.empty(B, 16, H, W)
     assert winograd.pick_tile(x) == (4 if tiles4 >= winograd.MIN_TILES_F4 else 2)
@@ -118,6 +125,7 @@ def test_pick_tile_takes_f4_from_min_tiles_f4_tiles(B, H, W, monkeypatch):
 
 
 def test_module_runs_the_picked_tile(monkeypatch):
+    monkeypatch.setattr(winograd, "FP32_F4", True)
     m = swapped(nn.Conv2d(16, 24, 3, padding=1))
     w, b = m.weight.detach(), m.bias.detach()
     big, small = cl(torch.randn(2, 16, 13, 15)), cl(torch.randn(1, 16, 8, 8))   # 32 and 4 4x4 tiles
@@ -128,8 +136,11 @@ def test_module_runs_the_picked_tile(monkeypatch):
         assert torch.equal(m(small), winograd.conv3x3(small, w, b, tile=2))
         monkeypatch.setattr(winograd, "FP32_F4", False)
         assert torch.equal(m(big), f2)
-    with pytest.raises(ValueError, match="tile must be None .* 2 .* or 4"):
-        winograd.conv3x3(big, w, b, tile=6)
+    for bad in (6, 4.0, "4"):
+        with pytest.raises(ValueError, match="tile must be None .* 2 .* or 4"):
+            winograd.conv3x3(big, w, b, tile=bad)
+    with pytest.raises(ValueError, match="x must be a 4-D"):
+        winograd.conv3x3(big[0], w, b)
 
 
 def test_fp32_f4_can_be_turned_off_from_the_environment():
@@ -139,7 +150,9 @@ def test_fp32_f4_can_be_turned_off_from_the_environment():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "DIFFCORE_WINOGRAD_FP32_F4": "0"}).stdout
     assert out.strip() == "False"
-    assert "DIFFCORE_WINOGRAD_FP32_F4" in os.environ or winograd.FP32_F4     # on unless turned off
+    env = {k: v for k, v in os.environ.items() if k != "DIFFCORE_WINOGRAD_FP32_F4"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip() == "True"                                              # on unless turned off
 
 
 def test_empty_inputs():
@@ -418,8 +431,8 @@ def _outputs(seed):
     for B, C, K, H, W in SHAPES:
         x, w = cl(torch.randn(B, C, H, W, generator=g)), torch.randn(K, C, 3, 3, generator=g) / 3
         b = torch.randn(K, generator=g)
-        out.append(winograd.conv3x3(x, w, b))
-        check_close(out[-1], x, w, b, f"{(B, C, K, H, W)}, seed {seed}")
+        out.append(winograd.conv3x3(x, w, b, tile=2))
+        check_close(out[-1], x, w, b, f"{(B, C, K, H, W)}, seed {seed}", tile=2)
         out.append(torch.ops.diffcore.conv3x3_winograd(x, winograd.transform_weight(w, tile=4), b, K))
         check_close(out[-1], x, w, b, f"F(4x4) {(B, C, K, H, W)}, seed {seed}", tile=4)
     return out
@@ -442,6 +455,20 @@ def test_portable_code_matches(tmp_path):
     if torch.backends.cpu.get_cpu_capability() != "DEFAULT":
         # the switch took effect: the AVX2 code (FMA, other summation order) rounds differently
         assert any(not torch.equal(a, b) for a, b in zip(scalar, _outputs(seed)))
+
+
+def test_cache_follows_writes_for_both_tiles(monkeypatch):
+    """A layer called with and without MIN_TILES_F4 tiles keeps both transforms; a write through
+    .data makes both stale."""
+    monkeypatch.setattr(winograd, "FP32_F4", True)
+    m = swapped(nn.Conv2d(16, 24, 3, padding=1))
+    big, small = cl(torch.randn(2, 16, 13, 15)), cl(torch.randn(1, 16, 8, 8))
+    with torch.no_grad():
+        m(big), m(small)
+        assert set(winograd._U[id(m.weight)].u) == {(False, 4), (False, 2)}
+        m.weight.data.copy_(torch.randn_like(m.weight))
+        check_close(m(big), big, m.weight, m.bias, "F(4x4) after a .data write", tile=4)
+        check_close(m(small), small, m.weight, m.bias, "F(2x2) after a .data write", tile=2)
 
 
 def test_cache_follows_a_channels_last_weight_and_replaced_data():

@@ -1,21 +1,22 @@
-// 3x3 convolution (stride 1, padding 1) by Winograd's F(2x2, 3x3) for CPU float32 inference on
-// channels_last tensors: the layer that is most of a U-Net's time on CPU. oneDNN has no
-// Winograd kernels for AVX2 machines; its direct convolution does 9 multiply-adds per output
-// pixel and input channel where F(2x2, 3x3) does 4 (16 per 2x2 output tile).
+// 3x3 convolution (stride 1, padding 1) by Winograd's F(2x2, 3x3) or F(4x4, 3x3) for CPU
+// inference on channels_last tensors: the layer that is most of a U-Net's time on CPU. oneDNN
+// has no Winograd kernels for AVX2 machines; its direct convolution does 9 multiply-adds per
+// output pixel and input channel where F(2x2, 3x3) does 4 (16 per 2x2 output tile).
 //
 //   y = A^T [ (G g G^T) . (B^T d B) ] A  per 4x4 input tile d and 2x2 output tile,
 //
-// per block of up to 24 tiles (F(4x4): 12, or 72 for large weights), on one thread (blocks in parallel; smaller blocks when there are
-// fewer than 24 tiles per thread): the input tiles -> V[16][tiles][C]
+// per block of up to 24 tiles on one thread (blocks in parallel; smaller blocks when there are
+// fewer tiles per thread): the input tiles -> V[16][tiles][C]
 // (B^T d B, channel innermost, so each of a tile's 16 elements is a contiguous row of C), 16
 // GEMMs M[k] = V[k] U[k] on a 6 x 16 AVX2 register tile (U = G g G^T made once per weight by
 // diffcore.winograd.transform_weight, packed in 16-column panels), then M -> y (A^T m A + bias).
 // A block's V and M stay in L2 between the three steps; the transforms are adds over rows of C.
-// Rounding: within a few float32 ulps of the output's scale (tests/test_winograd.py).
+// Rounding: at most 2.4 eps32 of the output's scale |x| conv |w| + |b| measured.
 //
 // F(4x4, 3x3) too (36-element transforms, 6x6 input and 4x4 output tiles: 2.25 multiply-adds
-// per output pixel and input channel), chosen by the packed weight's first dimension (16 or 36).
-// Its float32 rounding is about ten times F(2x2)'s; diffcore.winograd picks it for calls with
+// per output pixel and input channel; blocks of 12 tiles, or up to 72 for large weights),
+// chosen by the packed weight's first dimension (16 or 36). Its float32 rounding is 15-25 times
+// F(2x2)'s (at most 36 eps32 of the scale measured); diffcore.winograd picks it for calls with
 // enough tiles (winograd.pick_tile).
 //
 // bfloat16 input (CPUs whose oneDNN has no bf16 convolutions, where autocast would take
@@ -88,8 +89,8 @@ DC_INLINE void output_tile(const float* const* m, T* const* y, const float* bias
 //          (d4 - d2) + 2(d3 - d1), (d4 - d2) - 2(d3 - d1), 4d1 - 5d3 + d5
 //   A^T m: m0 + m1 + m2 + m3 + m4, (m1 - m2) + 2(m3 - m4), (m1 + m2) + 4(m3 + m4),
 //          (m1 - m2) + 8(m3 - m4) + m5
-// Its float32 rounding is about ten times F(2x2)'s (larger coefficients, longer sums): at most
-// 36 eps32 of an output's scale measured, far below what rounding inputs to bf16 costs (2^-8).
+// Its float32 rounding is 15-25 times F(2x2)'s (larger coefficients, longer sums): at most 36
+// eps32 of an output's scale measured, far below what rounding inputs to bf16 costs (2^-8).
 template <typename V> DC_INLINE void bt6(const V* d, V* t) {   // V: float or __m256 (GCC vector)
   const V a = d[4] - d[2], b = d[3] - d[1];
   t[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
@@ -327,17 +328,20 @@ void output_pass(const Geometry& g, const float* M, int64_t n, int64_t ldm, cons
 // input channel; V's rows are read in place (row stride C), U's panel stays in L1/L2 across the
 // row tiles of a block.
 constexpr int kMR = 6, kNR = 16;
-// Tiles per block, a multiple of kMR: V and M of a block stay in L2, U[k]'s 16-column panel in
+// Tiles per block, a multiple of kMR: V and M of a block stay in L2 (but in F(4x4)'s large
+// blocks below), U[k]'s 16-column panel in
 // L1 over the block's 4 row tiles (24 and 48 measured alike, 96 slower: CIFAR U-Net layers).
 constexpr int64_t kBlockTiles = 24;
 // F(4x4): 36 rows of V and M per tile against 16; 12 tiles measured best over the CIFAR U-Net's
 // layers at batch 16 (24: up to 35% slower, 256 channels at 8x8; 6: up to 32% slower, 512 -> 256)
 constexpr int64_t kBlockTiles4 = 12;
-// ... until one product's packed weight U[k] (C x Kp floats) passes 384 KB, most of a 512 KB L2:
+// ... until one product's packed weight U[k] (C x Kp floats) reaches 384 KB, most of a 512 KB L2:
 // then it no longer stays cached from one block to the next, every block streams all 36 from
-// L3, and blocks of 72 tiles read them 6x less often (384 -> 256 and 512 -> 256 channels at 8x8
-// and 16x16 measured 1.2-1.35x faster than 12-tile blocks; smaller weights 1.05-1.3x slower)
-constexpr int64_t kBlockTiles4Big = 72, kBigPanelBytes = 384 * 1024;
+// L3, and blocks of up to 72 tiles read them 6x less often, their V and M now in L3 (ad hoc,
+// interleaved, batch 16: 384 -> 256 channels at 16x16 and 512 -> 256 at 8x8 and 16x16 ran
+// 1.2-1.35x faster than with 12-tile blocks, smaller weights 1.05-1.3x slower). V and M are
+// held to 8 MiB per thread (72 tiles up to C + Kp = 808), so wider layers take smaller blocks.
+constexpr int64_t kBlockTiles4Big = 72, kBigPanelBytes = 384 * 1024, kBigBlockBytes = 8 << 20;
 
 #ifdef DIFFCORE_HAVE_AVX2
 __attribute__((target("avx2,fma"))) void tile_6x16_avx2(const float* a, int64_t lda, const float* b, int64_t C,
@@ -434,17 +438,22 @@ void check_winograd(const at::Tensor& x, const at::Tensor& u, const c10::optiona
   }
 }
 
+// The most tiles per block (a multiple of kMR).
 inline int64_t block_tiles(int R, int64_t C, int64_t Kp) {
   if (R == 2) return kBlockTiles;
-  return C * Kp * int64_t(sizeof(float)) >= kBigPanelBytes ? kBlockTiles4Big : kBlockTiles4;
+  if (C * Kp * int64_t(sizeof(float)) < kBigPanelBytes) return kBlockTiles4;
+  const int64_t fit = kBigBlockBytes / (kN<4> * (C + Kp) * int64_t(sizeof(float))) / kMR * kMR;
+  return std::max(kBlockTiles4, std::min(kBlockTiles4Big, fit));
 }
 
 template <int R, typename T>
 void winograd_run(const Geometry& g, const T* xp, const float* up, int64_t Kp, const float* bp, T* yp) {
   const int64_t T_ = g.B * g.th * g.tw;
-  // fewer tiles than a block per thread (small images, batch 1): smaller blocks, so every thread has one
+  // each thread's tiles in blocks of equal size, at most block_tiles (fewer tiles than a block per
+  // thread, as with small images at batch 1: smaller blocks, so every thread has one)
   const int64_t per_thread = (T_ + at::get_num_threads() - 1) / at::get_num_threads();
-  const int64_t Tb = std::min(block_tiles(R, g.C, Kp), (per_thread + kMR - 1) / kMR * kMR);
+  const int64_t most = block_tiles(R, g.C, Kp), blocks_each = (per_thread + most - 1) / most;
+  const int64_t Tb = std::min(most, ((per_thread + blocks_each - 1) / blocks_each + kMR - 1) / kMR * kMR);
   const int64_t blocks = (T_ + Tb - 1) / Tb;
   const std::vector<T> zeros(g.C, T(0.0f));
   const bool avx2 = avx2_winograd();
