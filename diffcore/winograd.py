@@ -19,8 +19,9 @@ F(2x2, 3x3), whose transformed weight is 2.25x smaller to read (see pick_tile). 
 eps32 times each output's scale |x| conv |w| + |b| (measured over 540 random layers): F(2x2) at
 most 2.4, F(4x4) at most 36, i.e. within 4.3e-6 of that scale: several times oneDNN's direct
 convolution's error (F(2x2) is below it), the F(4x4, 3x3) that cuDNN and oneDNN also offer in
-float32, and far below TF32 (2^-11) or what rounding bf16 inputs costs (2^-8). `FP32_F4 = False` (or DIFFCORE_WINOGRAD_FP32_F4=0 in the environment) keeps float32
-calls on F(2x2); bf16 calls use F(4x4) whenever they have the tiles.
+float32, and far below TF32 (2^-11) or what rounding bf16 inputs costs (2^-8). `FP32_F4 = False`
+(or DIFFCORE_WINOGRAD_FP32_F4=0 in the environment) keeps float32 calls on F(2x2); bf16 calls
+use F(4x4) whenever they have the tiles.
 
 Memory: the transformed weight (G g G^T, computed in float64, kept in float32) is 16/9 of the
 weight's float32 size for F(2x2) and 4x for F(4x4) (the CIFAR-10 U-Net's 109 MB of swapped 3x3
@@ -161,14 +162,14 @@ def _transform(weight: torch.Tensor, bf16: bool, tile: int) -> torch.Tensor:
 
 def _transformed(weight: torch.Tensor, bf16: bool = False, tile: int = 2) -> torch.Tensor:
     """The packed F(tile x tile, 3x3) transform of weight (of weight rounded to bfloat16 if bf16),
-    remade when the weight changes. Every call checks the weight's version counter, its address and 256 of its
-    values spread over the tensor: writes
-    through `weight.data` (EMA swaps, merged adapters) move no version counter, but a write
-    that replaces the weight changes those values. Once per epoch (diffcore.sample starts one,
-    as does revalidate()) a CRC-32 of all its bytes is compared, which catches any write but an
-    improbable collision; comparing every value on every call would cost a read of every
-    weight per forward (a fifth of a batch-1 forward of the CIFAR U-Net on CPU). A weight made
-    under inference mode has no version counter: it is transformed on every call."""
+    remade when the weight changes. Every call checks the weight's version counter, its address
+    and 256 of its values spread over the tensor: writes through `weight.data` (EMA swaps,
+    merged adapters) move no version counter, but a write that replaces the weight changes those
+    values. Once per epoch (diffcore.sample starts one, as does revalidate()) a CRC-32 of all its
+    bytes is compared, which catches any write but an improbable collision; comparing every
+    value on every call would cost a read of every weight per forward (a fifth of a batch-1
+    forward of the CIFAR U-Net on CPU). A weight made under inference mode has no version
+    counter: it is transformed on every call."""
     if weight.is_inference():
         return _transform(weight, bf16, tile)
     w = weight.detach()
