@@ -21,7 +21,6 @@ if not hasattr(torch.ops.diffcore, "conv3x3_winograd"):
 BF16, EPS32 = torch.bfloat16, torch.finfo(torch.float32).eps
 HALF_ULP = 2.0**-8   # bf16 keeps 8 significant bits: rounding moves a value by at most 2^-8 of it
 WINOGRAD = {2: 16, 4: 128}   # F(2x2) and F(4x4)'s float32 rounding bounds in eps32 * scale (test_winograd.py)
-WINOGRAD4 = WINOGRAD[4]
 
 
 def cl(t):
@@ -177,7 +176,7 @@ def test_module_under_bf16_autocast_is_a_bf16_convolution(monkeypatch):
         y, torch_y = m(x), conv(x)   # torch's bf16 convolution (the slow path here)
     assert calls == [True] and torch_y.dtype == BF16
     ref, scale = conv_ref(x, conv.weight.detach(), conv.bias.detach())
-    check_bf16(y, ref, scale, "WinogradConv2d", acc=WINOGRAD4)
+    check_bf16(y, ref, scale, "WinogradConv2d", acc=WINOGRAD[4])
     check_bf16(torch_y, ref, scale, "torch's own bf16 convolution")   # the same contract
     # the cached bf16 transform is the rounded weight's, beside the float32 one
     with torch.no_grad():
@@ -196,7 +195,7 @@ def test_module_with_bf16_weights_and_input_runs_the_op(monkeypatch):
     with torch.no_grad():
         y = m(x)
     assert calls == [True]
-    check_bf16(y, *conv_ref(x, m.weight.detach(), m.bias.detach()), what="bf16 module", acc=WINOGRAD4)
+    check_bf16(y, *conv_ref(x, m.weight.detach(), m.bias.detach()), what="bf16 module", acc=WINOGRAD[4])
 
 
 def test_module_leaves_bf16_to_onednn_where_it_has_bf16(monkeypatch):
