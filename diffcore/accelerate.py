@@ -40,7 +40,10 @@ the fused ops (`isinstance` checks still hold); children are never re-created.
   too where oneDNN has no bf16 convolutions (see diffcore.precision); every other call is
   nn.Conv2d's own forward. Not with backend="torch" or "triton" (the op is native only).
   Weight changes are followed (see diffcore.winograd._transformed); after a partial write
-  through `.data` outside diffcore.sample, call diffcore.winograd.revalidate().
+  through `.data` outside diffcore.sample, call diffcore.winograd.revalidate(). Each layer's
+  transformed weight (4x its float32 size for F(4x4)) is cached on its first call, all of them
+  within diffcore.winograd.cache_limit_mb() (default: a quarter of the machine's memory;
+  DIFFCORE_WINOGRAD_CACHE_MB): layers past it run oneDNN's convolution, with one warning.
 
 Everything else is left as it is: GroupNorm without a following SiLU outside those attention
 blocks (e.g. Transformer2DModel's input norm: a plain GroupNorm, which the fused op does not

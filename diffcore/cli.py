@@ -42,7 +42,8 @@ def cmd_info(args) -> int:
     from . import winograd
     conv = (f"Winograd in accelerated models: F(4x4, 3x3) from {winograd.MIN_TILES_F4} 4x4 output tiles, else "
             f"F(2x2, 3x3); float32 " + ("may take F(4x4)" if winograd.FP32_F4 else
-                                        "held to F(2x2) (DIFFCORE_WINOGRAD_FP32_F4=0)")
+                                        "held to F(2x2) (DIFFCORE_WINOGRAD_FP32_F4=0)") +
+            f"; weight transforms cached up to {winograd.cache_limit_mb():.0f} MB (DIFFCORE_WINOGRAD_CACHE_MB)"
             if winograd._native_loaded() else "oneDNN (the native extension did not load: no Winograd op)")
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else _cpu_name()
     print(json.dumps({"diffcore": diffcore.__version__, "torch": torch.__version__,

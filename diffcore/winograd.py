@@ -27,7 +27,15 @@ Memory: the transformed weight (G g G^T, computed in float64, kept in float32) i
 weight's float32 size for F(2x2) and 4x for F(4x4) (the CIFAR-10 U-Net's 109 MB of swapped 3x3
 weights: 437 MB); a layer called both with and without MIN_TILES_F4 tiles (a small last chunk,
 say) keeps both, 5.8x. Each is made once per weight and kept while the weight is unchanged (see
-_transformed), in a registry dropped with the weight; clear_cache() frees them.
+_transformed), in a registry dropped with the weight; clear_cache() frees them. All of them
+together stay under cache_limit_mb() megabytes (CACHE_LIMIT_MB, or DIFFCORE_WINOGRAD_CACHE_MB;
+by default a quarter of the machine's memory): the 47 layers accelerate swaps in a Stable
+Diffusion 1.5 U-Net hold 1.9 GiB of float32 weights, whose transforms take 5.7 GiB at batch 2
+(benchmarks/large_unet.py; 7.8 GiB were all F(4x4)). A layer whose transform would cross the
+limit runs oneDNN's direct convolution instead (bf16: on the bf16 values in float32, as
+autocast's widened ops do), or F(4x4) where it has only that transform and wants F(2x2); conv3x3
+then transforms the weight for that call alone. One warning says when the limit is first
+reached; cache_bytes() says what the transforms hold.
 
 `WinogradConv2d` is the nn.Conv2d subclass diffcore.accelerate swaps in (class swap: same
 parameters and state_dict keys) for plain nn.Conv2d(kernel 3, stride 1, padding 1, groups 1) layers with
@@ -39,6 +47,7 @@ tracing, no extension).
 from __future__ import annotations
 
 import os
+import warnings
 import weakref
 import zlib
 
@@ -48,7 +57,7 @@ from torch import nn
 from . import ops, precision
 
 __all__ = ["conv3x3", "transform_weight", "pick_tile", "revalidate", "clear_cache", "WinogradConv2d", "why_not",
-           "MIN_CHANNELS", "MIN_TILES", "MIN_TILES_F4", "FP32_F4"]
+           "MIN_CHANNELS", "MIN_TILES", "MIN_TILES_F4", "FP32_F4", "CACHE_LIMIT_MB", "cache_limit_mb", "cache_bytes"]
 
 # below this, the 16-column GEMM panels are mostly padding or the GEMMs too short: 3 -> 128 and
 # 128 -> 3 measured 0.8x and 1.0x the direct convolution, 16 -> 16 1.4x, 64 -> 64 1.9x
@@ -66,6 +75,28 @@ MIN_TILES = 16
 MIN_TILES_F4 = 16
 # whether float32 calls may take F(4x4, 3x3) (module docstring: its rounding)
 FP32_F4 = os.environ.get("DIFFCORE_WINOGRAD_FP32_F4", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _default_cache_limit_mb() -> float:
+    """DIFFCORE_WINOGRAD_CACHE_MB, else a quarter of the machine's memory (4096 where unknown)."""
+    env = os.environ.get("DIFFCORE_WINOGRAD_CACHE_MB", "").strip()
+    if env:
+        try:
+            mb = float(env)
+        except ValueError:
+            mb = -1.0
+        if not mb >= 0 or mb == float("inf"):
+            raise ValueError(f"DIFFCORE_WINOGRAD_CACHE_MB must be a number of megabytes >= 0; got {env!r}")
+        return mb
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4 / 2**20
+    except (AttributeError, ValueError, OSError):
+        return 4096.0
+
+
+# the most megabytes (2^20 bytes) all cached weight transforms may hold (module docstring,
+# Memory); None: DIFFCORE_WINOGRAD_CACHE_MB, else a quarter of the machine's memory
+CACHE_LIMIT_MB: float | None = None
 
 # G of F(2x2, 3x3) and of F(4x4, 3x3) (Lavin & Gray; csrc/cpu/winograd.cpp has B and A)
 _GS = {
@@ -94,11 +125,53 @@ class _Entry:
 _U: dict[int, _Entry] = {}   # id(weight) -> its entry, dropped with the weight
 _WATCHED: dict[int, weakref.finalize] = {}
 _EPOCH = 0
+_BYTES = 0        # what the entries' transforms hold, against CACHE_LIMIT_MB
+_WARNED = False   # the limit's one warning
+
+
+def _entry_bytes(e: _Entry | None) -> int:
+    return 0 if e is None else sum(u.nbytes for u in e.u.values())
+
+
+def _drop(i: int) -> None:
+    global _BYTES
+    _BYTES -= _entry_bytes(_U.pop(i, None))
 
 
 def _forget(i: int) -> None:
-    _U.pop(i, None)
+    _drop(i)
     _WATCHED.pop(i, None)
+
+
+def cache_bytes() -> int:
+    """Bytes the cached weight transforms hold now (at most cache_limit_mb() megabytes)."""
+    return _BYTES
+
+
+def cache_limit_mb() -> float:
+    """The limit in force: CACHE_LIMIT_MB, or where that is None DIFFCORE_WINOGRAD_CACHE_MB, else a
+    quarter of the machine's memory."""
+    mb = CACHE_LIMIT_MB
+    if mb is None:
+        return _default_cache_limit_mb()
+    if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not 0 <= mb < float("inf"):
+        raise ValueError(f"diffcore.winograd.CACHE_LIMIT_MB must be None or a number of megabytes >= 0; got {mb!r}")
+    return float(mb)
+
+
+def _transform_bytes(weight: torch.Tensor, tile: int) -> int:
+    K, C = weight.shape[:2]
+    return (tile + 2) ** 2 * C * -(-K // 16) * 16 * 4
+
+
+def _warn_limit(need: int) -> None:
+    global _WARNED
+    if not _WARNED:
+        _WARNED = True
+        warnings.warn(f"diffcore.winograd: the cached weight transforms hold {_BYTES / 2**20:.0f} MB and the next "
+                      f"needs {need / 2**20:.0f} MB, over the limit of {cache_limit_mb():.0f} MB (CACHE_LIMIT_MB, "
+                      "DIFFCORE_WINOGRAD_CACHE_MB): layers past it run oneDNN's direct convolution",
+                      RuntimeWarning, stacklevel=4)
 
 
 def transform_weight(weight: torch.Tensor, tile: int = 2) -> torch.Tensor:
@@ -110,12 +183,16 @@ def transform_weight(weight: torch.Tensor, tile: int = 2) -> torch.Tensor:
         raise ValueError(f"weight must be [out_channels, in_channels, 3, 3]; got shape {tuple(weight.shape)}")
     if type(tile) is not int or tile not in _GS:
         raise ValueError(f"tile must be 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3)); got {tile!r}")
-    G = _GS[tile]
-    a, (K, C) = tile + 2, weight.shape[:2]
-    Kp = -(-K // 16) * 16
-    u = G @ weight.detach().to(torch.float64) @ G.T                    # [K, C, a, a]
-    u = nn.functional.pad(u.permute(2, 3, 1, 0).reshape(a * a, C, K), (0, Kp - K))
-    return u.view(a * a, C, Kp // 16, 16).permute(0, 2, 1, 3).to(torch.float32).contiguous()
+    N, (K, C) = (tile + 2) ** 2, weight.shape[:2]
+    # vec(G g G^T) = (G kron G) vec(g): one [16 C, 9] x [9, N] product per 16-column panel, written
+    # straight into it (3.6x faster than G @ g @ G^T and a permuted copy for 1280 -> 1280 channels)
+    gg = torch.kron(_GS[tile], _GS[tile]).T.contiguous().to(weight.device)
+    w = weight.detach().reshape(K, C, 9)
+    u = torch.zeros(N, -(-K // 16), C, 16, dtype=torch.float32, device=weight.device)
+    for p in range(u.shape[1]):
+        k0, k1 = 16 * p, min(K, 16 * p + 16)
+        u[:, p, :, :k1 - k0] = (w[k0:k1].to(torch.float64).reshape(-1, 9) @ gg).view(k1 - k0, C, N).permute(2, 1, 0)
+    return u
 
 
 def _dense(w: torch.Tensor) -> bool:
@@ -160,7 +237,8 @@ def _transform(weight: torch.Tensor, bf16: bool, tile: int) -> torch.Tensor:
     return transform_weight(weight.to(torch.bfloat16) if bf16 else weight, tile=tile)
 
 
-def _transformed(weight: torch.Tensor, bf16: bool = False, tile: int = 2) -> torch.Tensor:
+def _transformed(weight: torch.Tensor, bf16: bool = False, tile: int = 2, other_tile: bool = False,
+                 transient: bool = True) -> torch.Tensor | None:
     """The packed F(tile x tile, 3x3) transform of weight (of weight rounded to bfloat16 if bf16),
     remade when the weight changes. Every call checks the weight's version counter, its address
     and 256 of its values spread over the tensor: writes through `weight.data` (EMA swaps,
@@ -169,7 +247,12 @@ def _transformed(weight: torch.Tensor, bf16: bool = False, tile: int = 2) -> tor
     bytes is compared, which catches any write but an improbable collision; comparing every
     value on every call would cost a read of every weight per forward (a fifth of a batch-1
     forward of the CIFAR U-Net on CPU). A weight made under inference mode has no version
-    counter: it is transformed on every call."""
+    counter: it is transformed on every call.
+
+    Where caching it would take the transforms past CACHE_LIMIT_MB: the weight's cached
+    transform for the other tile if other_tile allows one, else a transform made for this call
+    if transient, else None (the caller runs another convolution)."""
+    global _BYTES
     if weight.is_inference():
         return _transform(weight, bf16, tile)
     w = weight.detach()
@@ -180,12 +263,20 @@ def _transformed(weight: torch.Tensor, bf16: bool = False, tile: int = 2) -> tor
     if stale:
         if id(weight) not in _WATCHED:   # one finalizer per live weight, whatever clear_cache did
             _WATCHED[id(weight)] = weakref.finalize(weight, _forget, id(weight))
+        _drop(id(weight))
         with torch.inference_mode(False), torch.no_grad():
             e = _U[id(weight)] = _Entry(weight)
     e.epoch = _EPOCH
     if (bf16, tile) not in e.u:
+        need = _transform_bytes(w, tile)
+        if _BYTES + need > cache_limit_mb() * 2**20:
+            _warn_limit(need)
+            if other_tile and (bf16, 6 - tile) in e.u:
+                return e.u[bf16, 6 - tile]
+            return _transform(w, bf16, tile) if transient else None
         with torch.inference_mode(False), torch.no_grad():
             e.u[bf16, tile] = _transform(w, bf16, tile)
+        _BYTES += e.u[bf16, tile].nbytes
     return e.u[bf16, tile]
 
 
@@ -200,7 +291,9 @@ def revalidate() -> None:
 
 def clear_cache() -> None:
     """Drop every cached weight transform (they are remade on the next call)."""
+    global _BYTES
     _U.clear()
+    _BYTES = 0
 
 
 def _native_loaded() -> bool:
@@ -303,6 +396,16 @@ class WinogradConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self._winograd(x)
-        if dtype is not None:
-            return _run(x.to(dtype), self.weight, self.bias)
-        return super().forward(x)
+        if dtype is None:
+            return super().forward(x)
+        x = x.to(dtype)
+        bf16 = dtype == torch.bfloat16
+        u = _transformed(self.weight, bf16, pick_tile(x), other_tile=True, transient=False)
+        if u is None:   # over CACHE_LIMIT_MB: the direct convolution, bf16 on the bf16 values in float32
+            if not bf16:
+                return super().forward(x)
+            b = None if self.bias is None else precision.bf16_values(self.bias)
+            with torch.autocast("cpu", enabled=False):
+                return self._conv_forward(x.float(), precision.bf16_values(self.weight), b).to(torch.bfloat16)
+        b = self.bias.to(torch.bfloat16) if bf16 and self.bias is not None else self.bias
+        return torch.ops.diffcore.conv3x3_winograd(x, u, b, self.weight.shape[0])

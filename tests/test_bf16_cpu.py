@@ -156,7 +156,7 @@ def swapped(conv):
 def count_calls(monkeypatch):
     calls = []
     real = winograd._transformed
-    monkeypatch.setattr(winograd, "_transformed", lambda w, bf16=False, tile=2: calls.append(bf16) or real(w, bf16, tile))
+    monkeypatch.setattr(winograd, "_transformed", lambda w, bf16=False, tile=2, **kw: calls.append(bf16) or real(w, bf16, tile, **kw))
     return calls
 
 
@@ -425,3 +425,24 @@ def test_compiled_model_under_widened_autocast(monkeypatch):
     scale = ref.abs().max().item()
     assert (y.double() - ref).abs().max().item() <= 4 * HALF_ULP * scale
     assert (y.double() - eager.double()).abs().max().item() <= 2 * HALF_ULP * scale
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["bf16 module", "autocast"])
+def test_module_past_the_cache_limit_is_a_widened_bf16_convolution(monkeypatch, autocast):
+    """No room for the bf16 transform (winograd.CACHE_LIMIT_MB): oneDNN's float32 convolution on
+    the bf16 values, rounded once, not PyTorch's slow bf16 reference kernels."""
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(winograd, "CACHE_LIMIT_MB", 0)
+    monkeypatch.setattr(winograd, "_WARNED", False)
+    conv = nn.Conv2d(16, 24, 3, padding=1)
+    m = swapped(conv) if autocast else swapped(conv).to(BF16)
+    x = cl(torch.randn(2, 16, 16, 16)) if autocast else cl(torch.randn(2, 16, 16, 16)).to(BF16)
+    slow = []
+    monkeypatch.setattr(nn.Conv2d, "_conv_forward", lambda self, i, w, b: slow.append(i.dtype) or
+                        torch.nn.functional.conv2d(i, w, b, padding=1))
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="CACHE_LIMIT_MB"), \
+            torch.autocast("cpu", dtype=BF16, enabled=autocast):
+        y = m(x)
+    assert slow == [torch.float32] and y.is_contiguous(memory_format=torch.channels_last)
+    check_bf16(y, *conv_ref(x, m.weight.detach(), m.bias.detach()), what="past the limit")
+

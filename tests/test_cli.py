@@ -96,6 +96,7 @@ def test_info():
     native = info["backends"]["native"]["available"]
     assert info["cpu_conv3x3"].startswith("Winograd" if native else "oneDNN")
     assert ("held to F(2x2)" in info["cpu_conv3x3"]) == (native and not winograd.FP32_F4)
+    assert (f"cached up to {winograd.cache_limit_mb():.0f} MB" in info["cpu_conv3x3"]) == native
 
 
 def test_likelihood_reports_ode_nll_beside_exact():

@@ -281,7 +281,7 @@ def count_winograd_calls(monkeypatch) -> list:
     """Record every call that takes the Winograd path (each fetches the weight transform once)."""
     calls = []
     real = winograd._transformed
-    monkeypatch.setattr(winograd, "_transformed", lambda w, bf16=False, tile=2: calls.append(tuple(w.shape)) or real(w, bf16, tile))
+    monkeypatch.setattr(winograd, "_transformed", lambda w, bf16=False, tile=2, **kw: calls.append(tuple(w.shape)) or real(w, bf16, tile, **kw))
     return calls
 
 
