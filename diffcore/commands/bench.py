@@ -12,6 +12,7 @@ DESCRIPTIONS = {
     "sampling": "whole-loop DDPM sampling: diffusers' CIFAR-10 U-Net, diffcore vs diffusers (and torch.compile)",
     "sde": "native CPU ops: reverse SDE vs torchsde and eager, DDPM step vs diffusers, GroupNorm+SiLU vs compile",
     "conv": "3x3 convolutions of the CIFAR-10 U-Net on CPU: Winograd F(4x4|2x2, 3x3) vs torch, layer by layer",
+    "large_unet": "an SD-1.5-sized U-Net on CPU: diffusers vs accelerate under limits on the Winograd transforms' memory",
     "kernels": "Triton kernels on CUDA: GB/s against a copy, vs eager and torch.compile",
     "reference_sampling": "the reference samplers on closed-form mixtures",
 }
