@@ -32,10 +32,12 @@ together stay under cache_limit_mb() megabytes (CACHE_LIMIT_MB, or DIFFCORE_WINO
 by default a quarter of the machine's memory): the 47 layers accelerate swaps in a Stable
 Diffusion 1.5 U-Net hold 1.9 GiB of float32 weights, whose transforms take 5.7 GiB at batch 2
 (benchmarks/large_unet.py; 7.8 GiB were all F(4x4)). A layer whose transform would cross the
-limit runs oneDNN's direct convolution instead (bf16: on the bf16 values in float32, as
-autocast's widened ops do), or F(4x4) where it has only that transform and wants F(2x2); conv3x3
-then transforms the weight for that call alone. One warning says when the limit is first
-reached; cache_bytes() says what the transforms hold.
+limit first drops cached transforms that save less per byte (output pixels per call over the
+transform's (tile + 2)^2 elements: low-resolution, wide layers go first); where that does not
+make room, it runs oneDNN's direct convolution instead (bf16: on the bf16 values in float32, as
+autocast's widened ops do), or the other tile's transform where it holds one; conv3x3 then
+transforms the weight for that call alone. One warning says when the limit is first reached
+(again after clear_cache()); cache_bytes() says what the transforms hold.
 
 `WinogradConv2d` is the nn.Conv2d subclass diffcore.accelerate swaps in (class swap: same
 parameters and state_dict keys) for plain nn.Conv2d(kernel 3, stride 1, padding 1, groups 1) layers with
@@ -78,7 +80,7 @@ FP32_F4 = os.environ.get("DIFFCORE_WINOGRAD_FP32_F4", "1").strip().lower() not i
 
 
 def _default_cache_limit_mb() -> float:
-    """DIFFCORE_WINOGRAD_CACHE_MB, else a quarter of the machine's memory (4096 where unknown)."""
+    """DIFFCORE_WINOGRAD_CACHE_MB, else a quarter of the machine's or container's memory."""
     env = os.environ.get("DIFFCORE_WINOGRAD_CACHE_MB", "").strip()
     if env:
         try:
@@ -88,14 +90,31 @@ def _default_cache_limit_mb() -> float:
         if not mb >= 0 or mb == float("inf"):
             raise ValueError(f"DIFFCORE_WINOGRAD_CACHE_MB must be a number of megabytes >= 0; got {env!r}")
         return mb
+    return _memory_bytes() / 4 / 2**20
+
+
+def _memory_bytes() -> float:
+    """Physical memory, or the container's (cgroup v2 or v1) limit where that is lower; 16 GiB
+    where neither can be read."""
+    sizes = []
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4 / 2**20
+        sizes.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (AttributeError, ValueError, OSError):
-        return 4096.0
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                sizes.append(int(f.read().strip()))
+        except (OSError, ValueError):   # absent, or "max"
+            pass
+    sizes = [b for b in sizes if b > 0]
+    return float(min(sizes)) if sizes else 16.0 * 2**30
 
 
 # the most megabytes (2^20 bytes) all cached weight transforms may hold (module docstring,
-# Memory); None: DIFFCORE_WINOGRAD_CACHE_MB, else a quarter of the machine's memory
+# Memory); None: DIFFCORE_WINOGRAD_CACHE_MB, else a quarter of the machine's (or container's)
+# memory. Checked when
+# a transform would be added: lowering it evicts nothing until then (clear_cache() does)
 CACHE_LIMIT_MB: float | None = None
 
 # G of F(2x2, 3x3) and of F(4x4, 3x3) (Lavin & Gray; csrc/cpu/winograd.cpp has B and A)
@@ -111,7 +130,7 @@ class _Entry:
     """A weight's cached transforms (u[bf16, tile]: of its values, or of them rounded to bfloat16,
     for F(tile x tile, 3x3); each made on first use) and what tells whether the weight still has
     those values."""
-    __slots__ = ("key", "probe", "digest", "epoch", "u")
+    __slots__ = ("key", "probe", "digest", "epoch", "u", "pixels")
 
     def __init__(self, weight: torch.Tensor):
         w = weight.detach()
@@ -120,22 +139,17 @@ class _Entry:
         self.digest = _digest(w)   # for the full check once per epoch (a copy would double the weights' memory)
         self.epoch = _EPOCH
         self.u: dict[tuple[bool, int], torch.Tensor] = {}
+        self.pixels = 0   # output pixels of the latest call: what a cached transform saves per call
 
 
 _U: dict[int, _Entry] = {}   # id(weight) -> its entry, dropped with the weight
 _WATCHED: dict[int, weakref.finalize] = {}
 _EPOCH = 0
-_BYTES = 0        # what the entries' transforms hold, against CACHE_LIMIT_MB
-_WARNED = False   # the limit's one warning
-
-
-def _entry_bytes(e: _Entry | None) -> int:
-    return 0 if e is None else sum(u.nbytes for u in e.u.values())
+_WARNED = False   # the limit's one warning (until clear_cache)
 
 
 def _drop(i: int) -> None:
-    global _BYTES
-    _BYTES -= _entry_bytes(_U.pop(i, None))
+    _U.pop(i, None)
 
 
 def _forget(i: int) -> None:
@@ -144,8 +158,9 @@ def _forget(i: int) -> None:
 
 
 def cache_bytes() -> int:
-    """Bytes the cached weight transforms hold now (at most cache_limit_mb() megabytes)."""
-    return _BYTES
+    """Bytes the cached weight transforms hold now (summed, not counted: a count could drift when a
+    finalizer runs mid-update)."""
+    return sum(u.nbytes for e in list(_U.values()) for u in list(e.u.values()))
 
 
 def cache_limit_mb() -> float:
@@ -168,10 +183,32 @@ def _warn_limit(need: int) -> None:
     global _WARNED
     if not _WARNED:
         _WARNED = True
-        warnings.warn(f"diffcore.winograd: the cached weight transforms hold {_BYTES / 2**20:.0f} MB and the next "
-                      f"needs {need / 2**20:.0f} MB, over the limit of {cache_limit_mb():.0f} MB (CACHE_LIMIT_MB, "
-                      "DIFFCORE_WINOGRAD_CACHE_MB): layers past it run oneDNN's direct convolution",
-                      RuntimeWarning, stacklevel=4)
+        warnings.warn(f"diffcore.winograd: the cached weight transforms hold {cache_bytes() / 2**20:.0f} MiB and "
+                      f"the next needs {need / 2**20:.0f} MiB, over the limit of {cache_limit_mb():.0f} MiB "
+                      "(CACHE_LIMIT_MB, DIFFCORE_WINOGRAD_CACHE_MB): the layers that save least per byte run "
+                      "oneDNN's direct convolution, or a Winograd tile they hold (conv3x3: a transform made "
+                      "for each call)", RuntimeWarning, stacklevel=4)
+
+
+def _make_room(need: int, pixels: int, tile: int, own: int) -> bool:
+    """Whether `need` bytes fit under the limit once other weights' transforms that save less per
+    byte than this one (output pixels per call / (tile + 2)^2) are dropped (they are, lowest
+    first; `own`: the id of the weight asking, whose other tile stays)."""
+    room = cache_limit_mb() * 2**20 - cache_bytes()
+    if need <= room:
+        return True
+    worth = pixels / (tile + 2) ** 2
+    lesser = sorted((e.pixels / (k[1] + 2) ** 2, i, k, u.nbytes)
+                    for i, e in list(_U.items()) if i != own for k, u in list(e.u.items())
+                    if e.pixels / (k[1] + 2) ** 2 < worth)
+    if room + sum(n for *_, n in lesser) < need:
+        return False
+    for _, i, k, n in lesser:
+        if room >= need:
+            break
+        del _U[i].u[k]
+        room += n
+    return True
 
 
 def transform_weight(weight: torch.Tensor, tile: int = 2) -> torch.Tensor:
@@ -238,7 +275,7 @@ def _transform(weight: torch.Tensor, bf16: bool, tile: int) -> torch.Tensor:
 
 
 def _transformed(weight: torch.Tensor, bf16: bool = False, tile: int = 2, other_tile: bool = False,
-                 transient: bool = True) -> torch.Tensor | None:
+                 transient: bool = True, pixels: int = 0) -> torch.Tensor | None:
     """The packed F(tile x tile, 3x3) transform of weight (of weight rounded to bfloat16 if bf16),
     remade when the weight changes. Every call checks the weight's version counter, its address
     and 256 of its values spread over the tensor: writes through `weight.data` (EMA swaps,
@@ -252,7 +289,6 @@ def _transformed(weight: torch.Tensor, bf16: bool = False, tile: int = 2, other_
     Where caching it would take the transforms past CACHE_LIMIT_MB: the weight's cached
     transform for the other tile if other_tile allows one, else a transform made for this call
     if transient, else None (the caller runs another convolution)."""
-    global _BYTES
     if weight.is_inference():
         return _transform(weight, bf16, tile)
     w = weight.detach()
@@ -267,16 +303,17 @@ def _transformed(weight: torch.Tensor, bf16: bool = False, tile: int = 2, other_
         with torch.inference_mode(False), torch.no_grad():
             e = _U[id(weight)] = _Entry(weight)
     e.epoch = _EPOCH
+    e.pixels = pixels
     if (bf16, tile) not in e.u:
         need = _transform_bytes(w, tile)
-        if _BYTES + need > cache_limit_mb() * 2**20:
+        if not _make_room(need, pixels, tile, id(weight)):
             _warn_limit(need)
-            if other_tile and (bf16, 6 - tile) in e.u:
+            # the other tile where it is held (float32 F(4x4) only while FP32_F4 allows it)
+            if other_tile and (bf16, 6 - tile) in e.u and (bf16 or FP32_F4 or tile == 4):
                 return e.u[bf16, 6 - tile]
             return _transform(w, bf16, tile) if transient else None
         with torch.inference_mode(False), torch.no_grad():
             e.u[bf16, tile] = _transform(w, bf16, tile)
-        _BYTES += e.u[bf16, tile].nbytes
     return e.u[bf16, tile]
 
 
@@ -291,9 +328,9 @@ def revalidate() -> None:
 
 def clear_cache() -> None:
     """Drop every cached weight transform (they are remade on the next call)."""
-    global _BYTES
+    global _WARNED
     _U.clear()
-    _BYTES = 0
+    _WARNED = False
 
 
 def _native_loaded() -> bool:
@@ -307,7 +344,7 @@ def _run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tile:
     bf16 = x.dtype == torch.bfloat16
     if bf16 and bias is not None:
         bias = bias.to(torch.bfloat16)
-    u = _transformed(weight, bf16, pick_tile(x) if tile is None else tile)
+    u = _transformed(weight, bf16, pick_tile(x) if tile is None else tile, pixels=x.shape[0] * x.shape[2] * x.shape[3])
     return torch.ops.diffcore.conv3x3_winograd(x, u, bias, weight.shape[0])
 
 
@@ -400,7 +437,8 @@ class WinogradConv2d(nn.Conv2d):
             return super().forward(x)
         x = x.to(dtype)
         bf16 = dtype == torch.bfloat16
-        u = _transformed(self.weight, bf16, pick_tile(x), other_tile=True, transient=False)
+        u = _transformed(self.weight, bf16, pick_tile(x), other_tile=True, transient=False,
+                         pixels=x.shape[0] * x.shape[2] * x.shape[3])
         if u is None:   # over CACHE_LIMIT_MB: the direct convolution, bf16 on the bf16 values in float32
             if not bf16:
                 return super().forward(x)

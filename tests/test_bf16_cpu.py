@@ -445,4 +445,3 @@ def test_module_past_the_cache_limit_is_a_widened_bf16_convolution(monkeypatch, 
         y = m(x)
     assert slow == [torch.float32] and y.is_contiguous(memory_format=torch.channels_last)
     check_bf16(y, *conv_ref(x, m.weight.detach(), m.bias.detach()), what="past the limit")
-

@@ -20,10 +20,12 @@ from test_winograd import check_close, cl  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def fresh_cache(monkeypatch):
-    """An empty cache and an unspent warning for each test (the limit is restored after it)."""
+    """An empty cache, an unspent warning and room to spare, whatever the environment says (the
+    limit is restored after each test)."""
     winograd.clear_cache()
     monkeypatch.setattr(winograd, "_WARNED", False)
     monkeypatch.setattr(winograd, "FP32_F4", True)
+    monkeypatch.setattr(winograd, "CACHE_LIMIT_MB", 1e6)
     yield
     winograd.clear_cache()
 
@@ -88,11 +90,30 @@ def test_a_layer_holding_f4_alone_takes_it_for_few_tiles(monkeypatch):
     assert winograd.cache_bytes() == u4.nbytes
 
 
+def test_a_layer_that_saves_more_per_byte_takes_the_room_of_one_that_saves_less(monkeypatch):
+    low, high = swapped(nn.Conv2d(32, 32, 3, padding=1)), swapped(nn.Conv2d(32, 32, 3, padding=1))
+    small, big = cl(torch.randn(4, 32, 8, 8)), cl(torch.randn(2, 32, 16, 16))   # 16 and 32 4x4 tiles: F(4x4)
+    u_low = winograd.transform_weight(low.weight.detach(), tile=4)
+    monkeypatch.setattr(winograd, "CACHE_LIMIT_MB", mb(u_low))                  # room for one of the two
+    with torch.no_grad():
+        low(small)                                                 # 256 output pixels per call
+        assert winograd.cache_bytes() == u_low.nbytes
+        y = high(big)                                              # 512: worth more per byte, evicts low's
+        check_close(y, big, high.weight, high.bias, "the layer that took the room", tile=4)
+        assert set(winograd._U[id(high.weight)].u) == {(False, 4)} and not winograd._U[id(low.weight)].u
+        with pytest.warns(RuntimeWarning, match="CACHE_LIMIT_MB"):
+            assert torch.equal(low(small), nn.Conv2d.forward(low, small))   # cannot evict it back: oneDNN
+        assert winograd.cache_bytes() == u_low.nbytes
+
+
 def test_conv3x3_past_the_limit_transforms_for_the_call(monkeypatch):
     monkeypatch.setattr(winograd, "CACHE_LIMIT_MB", 0)
     x, w, b = cl(torch.randn(2, 9, 7, 13)), torch.randn(11, 9, 3, 3) / 3, torch.randn(11)
-    for tile in (None, 2, 4):
-        with pytest.warns(RuntimeWarning, match="CACHE_LIMIT_MB") if tile is None else warnings.catch_warnings():
+    with pytest.warns(RuntimeWarning, match="CACHE_LIMIT_MB"):
+        check_close(winograd.conv3x3(x, w, b), x, w, b, "uncached, picked tile")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                    # warned once already
+        for tile in (2, 4):
             check_close(winograd.conv3x3(x, w, b, tile=tile), x, w, b, f"uncached, tile {tile}", tile=tile)
     assert winograd.cache_bytes() == 0
 
@@ -117,7 +138,7 @@ def test_the_limit_comes_from_the_environment_unless_set(monkeypatch):
             winograd.conv3x3(cl(torch.randn(1, 16, 8, 8)), torch.randn(16, 16, 3, 3))
     monkeypatch.delenv("DIFFCORE_WINOGRAD_CACHE_MB")
     memory_mb = winograd.os.sysconf("SC_PAGE_SIZE") * winograd.os.sysconf("SC_PHYS_PAGES") / 2**20
-    assert 0 < winograd.cache_limit_mb() <= memory_mb / 3
+    assert 0 < winograd.cache_limit_mb() <= memory_mb / 4 + 1e-6
 
 
 def test_an_accelerated_unet_under_a_tight_limit_matches_the_original(monkeypatch):
