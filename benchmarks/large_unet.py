@@ -1,16 +1,17 @@
 """A Stable-Diffusion-1.5-sized U-Net on CPU (diffusers' UNet2DConditionModel, its published
 configuration, random weights: 860 M parameters, 47 3x3 layers accelerate swaps holding 1.9 GiB
 of float32 weights): one forward of a classifier-free-guidance batch (2 x 4 x 64 x 64 latents,
-77 text tokens) in float32, channels_last, by diffusers as it is and by diffcore.accelerate under
-limits on the memory of the cached Winograd transforms (diffcore.winograd.CACHE_LIMIT_MB).
+77 text tokens) in float32, channels_last, by diffusers as it is and by diffcore.accelerate
+under limits on the memory of the cached Winograd transforms (diffcore.winograd.CACHE_LIMIT_MB).
 Three models side by side, timed in interleaved rounds: diffusers; diffcore with every layer's
-transform (no limit: 4x its weight for F(4x4), 16/9 for F(2x2), which the 8x8 layers take at this
-batch); diffcore with no room for any (every 3x3 layer on oneDNN, the rest fused). Then, alone,
-diffcore under a limit that holds some (2048 MiB: the default on an 8 GB machine, a quarter of
-its memory; the layers that save most per byte, the high-resolution ones, keep theirs). The table gives each one's first forward (where the transforms are made), the
-median of the rest, the memory its transforms hold, and the largest output difference from
-diffusers'. Needs about 20 GB (three copies of the 3.4 GB model, 5.7 GB of transforms: 20.1 GB
-measured at most).
+transform (no limit: 4x its weight for F(4x4), 16/9 for F(2x2), which the 8x8 layers take at
+this batch); diffcore with none (every 3x3 layer on oneDNN, the rest fused: what a layer that
+finds no room runs). Then, alone, diffcore under a limit that holds some (2048 MiB: the default
+on an 8 GB machine, a quarter of its memory; the layers that save most per byte, the
+high-resolution ones, keep theirs). The table gives each one's first forward (where the
+transforms are made), the median of the rest, the memory its transforms hold, and the largest
+output difference from diffusers'. Needs about 18 GB (three copies of the 3.4 GB model and 5.7
+GB of transforms: 17.3 GB measured at most).
 
     python benchmarks/large_unet.py [--threads N] [--repeats 3] [--limit-mb MB] [--quick]
     (results/large_unet.json; --quick: a smoke run, results/large_unet_quick.json)
