@@ -48,6 +48,7 @@ tracing, no extension).
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 import weakref
@@ -93,9 +94,10 @@ def _default_cache_limit_mb() -> float:
     return _memory_bytes() / 4 / 2**20
 
 
+@functools.lru_cache(maxsize=None)
 def _memory_bytes() -> float:
     """Physical memory, or the container's (cgroup v2 or v1) limit where that is lower; 16 GiB
-    where neither can be read."""
+    where neither can be read. Read once: a refused layer asks on every call."""
     sizes = []
     try:
         sizes.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
@@ -113,8 +115,8 @@ def _memory_bytes() -> float:
 
 # the most megabytes (2^20 bytes) all cached weight transforms may hold (module docstring,
 # Memory); None: DIFFCORE_WINOGRAD_CACHE_MB, else a quarter of the machine's (or container's)
-# memory. Checked when
-# a transform would be added: lowering it evicts nothing until then (clear_cache() does)
+# memory. Checked when a transform would be added: lowering it evicts nothing until then
+# (clear_cache() does)
 CACHE_LIMIT_MB: float | None = None
 
 # G of F(2x2, 3x3) and of F(4x4, 3x3) (Lavin & Gray; csrc/cpu/winograd.cpp has B and A)
@@ -148,12 +150,8 @@ _EPOCH = 0
 _WARNED = False   # the limit's one warning (until clear_cache)
 
 
-def _drop(i: int) -> None:
-    _U.pop(i, None)
-
-
 def _forget(i: int) -> None:
-    _drop(i)
+    _U.pop(i, None)
     _WATCHED.pop(i, None)
 
 
@@ -165,7 +163,7 @@ def cache_bytes() -> int:
 
 def cache_limit_mb() -> float:
     """The limit in force: CACHE_LIMIT_MB, or where that is None DIFFCORE_WINOGRAD_CACHE_MB, else a
-    quarter of the machine's memory."""
+    quarter of the machine's (or container's) memory."""
     mb = CACHE_LIMIT_MB
     if mb is None:
         return _default_cache_limit_mb()
@@ -299,7 +297,6 @@ def _transformed(weight: torch.Tensor, bf16: bool = False, tile: int = 2, other_
     if stale:
         if id(weight) not in _WATCHED:   # one finalizer per live weight, whatever clear_cache did
             _WATCHED[id(weight)] = weakref.finalize(weight, _forget, id(weight))
-        _drop(id(weight))
         with torch.inference_mode(False), torch.no_grad():
             e = _U[id(weight)] = _Entry(weight)
     e.epoch = _EPOCH
@@ -338,14 +335,18 @@ def _native_loaded() -> bool:
     return ops._backend_module("native") is not None and hasattr(torch.ops.diffcore, "conv3x3_winograd")
 
 
-def _run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tile: int | None = None) -> torch.Tensor:
+def _run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tile: int | None = None,
+         cached_only: bool = False) -> torch.Tensor | None:
     """float32 x: float32 weight and bias. bfloat16 x: weight and bias rounded to bfloat16 (as
-    autocast casts a convolution's operands), float32 arithmetic, the output rounded once."""
+    autocast casts a convolution's operands), float32 arithmetic, the output rounded once.
+    cached_only (the module): None where the transform finds no room under the limit (a cached
+    one of the other tile serves), instead of a transform made for this call."""
     bf16 = x.dtype == torch.bfloat16
     if bf16 and bias is not None:
         bias = bias.to(torch.bfloat16)
-    u = _transformed(weight, bf16, pick_tile(x) if tile is None else tile, pixels=x.shape[0] * x.shape[2] * x.shape[3])
-    return torch.ops.diffcore.conv3x3_winograd(x, u, bias, weight.shape[0])
+    u = _transformed(weight, bf16, pick_tile(x) if tile is None else tile, other_tile=cached_only,
+                     transient=not cached_only, pixels=x.shape[0] * x.shape[2] * x.shape[3])
+    return None if u is None else torch.ops.diffcore.conv3x3_winograd(x, u, bias, weight.shape[0])
 
 
 def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -436,14 +437,12 @@ class WinogradConv2d(nn.Conv2d):
         if dtype is None:
             return super().forward(x)
         x = x.to(dtype)
-        bf16 = dtype == torch.bfloat16
-        u = _transformed(self.weight, bf16, pick_tile(x), other_tile=True, transient=False,
-                         pixels=x.shape[0] * x.shape[2] * x.shape[3])
-        if u is None:   # over CACHE_LIMIT_MB: the direct convolution, bf16 on the bf16 values in float32
-            if not bf16:
-                return super().forward(x)
-            b = None if self.bias is None else precision.bf16_values(self.bias)
-            with torch.autocast("cpu", enabled=False):
-                return self._conv_forward(x.float(), precision.bf16_values(self.weight), b).to(torch.bfloat16)
-        b = self.bias.to(torch.bfloat16) if bf16 and self.bias is not None else self.bias
-        return torch.ops.diffcore.conv3x3_winograd(x, u, b, self.weight.shape[0])
+        y = _run(x, self.weight, self.bias, cached_only=True)
+        if y is not None:
+            return y
+        # over the cache limit: the direct convolution, bf16 on the bf16 values in float32
+        if dtype != torch.bfloat16:
+            return super().forward(x)
+        b = None if self.bias is None else precision.bf16_values(self.bias)
+        with torch.autocast("cpu", enabled=False):
+            return self._conv_forward(x.float(), precision.bf16_values(self.weight), b).to(torch.bfloat16)

@@ -320,13 +320,18 @@ def test_falls_back_without_the_extension(monkeypatch):
 
 
 @pytest.mark.skipif(os.environ.get("DIFFCORE_NO_EXT") == "1", reason="no extension")
-def test_accelerated_diffusers_unet_in_channels_last_matches_the_original(monkeypatch):
+def small_diffusers_unet():
+    """A small diffusers UNet2DModel (seeded) whose 3x3 layers accelerate swaps."""
     diffusers = pytest.importorskip("diffusers")
-    import diffcore
     torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(32, 64),
+    return diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(32, 64),
                                  layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
                                  up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8).eval()
+
+
+def test_accelerated_diffusers_unet_in_channels_last_matches_the_original(monkeypatch):
+    import diffcore
+    unet = small_diffusers_unet()
     acc = diffcore.accelerate(copy.deepcopy(unet)).to(memory_format=torch.channels_last)
     n = sum(type(m) is winograd.WinogradConv2d for m in acc.modules())
     assert n >= 8

@@ -15,7 +15,7 @@ pytest.importorskip("diffcore.native", reason="the native extension did not load
 if not hasattr(torch.ops.diffcore, "conv3x3_winograd"):
     pytest.skip("the loaded extension predates conv3x3_winograd", allow_module_level=True)
 
-from test_winograd import check_close, cl  # noqa: E402
+from test_winograd import check_close, cl, small_diffusers_unet  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -144,12 +144,8 @@ def test_the_limit_comes_from_the_environment_unless_set(monkeypatch):
 def test_an_accelerated_unet_under_a_tight_limit_matches_the_original(monkeypatch):
     """Half the room its transforms need: some layers run Winograd, the rest oneDNN, and the
     output is still the original's (float64) within float32 rounding."""
-    diffusers = pytest.importorskip("diffusers")
     import diffcore
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(32, 64),
-                                 layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8).eval()
+    unet = small_diffusers_unet()
     acc = diffcore.accelerate(copy.deepcopy(unet)).to(memory_format=torch.channels_last)
     x, t = cl(torch.randn(4, 3, 16, 16)), torch.tensor([10, 300, 600, 900])
     with torch.no_grad():
